@@ -1,0 +1,1 @@
+"""Cohorts: the pipeline file, loading, validation and the synthetic trial simulator."""

@@ -1,0 +1,230 @@
+"""The pipeline file: a declarative, typed description of one cohort and how to learn from it.
+
+Everything downstream (validation, training, the service's request schema, the scorer)
+reads the cohort through this model, so nothing is hard-wired to one trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are typos, not extensions: reject them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericFeature(Strict):
+    type: Literal["numeric"]
+    min: float | None = None
+    max: float | None = None
+    label: str | None = None
+    unit: str | None = None
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> NumericFeature:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class CategoricalFeature(Strict):
+    type: Literal["categorical"]
+    levels: list[str] = Field(min_length=1)
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _levels_unique(self) -> CategoricalFeature:
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError("levels must be unique")
+        return self
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="type")]
+
+
+class Arms(Strict):
+    column: str
+    treatment: str
+    control: str
+
+    @model_validator(mode="after")
+    def _two_arms(self) -> Arms:
+        if self.treatment == self.control:
+            raise ValueError("treatment and control labels must differ")
+        return self
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return (self.treatment, self.control)
+
+
+class SimulateSpec(Strict):
+    """How the synthetic demo cohort for this pipeline is generated."""
+
+    scenario: str
+    n: int | None = None
+    seed: int = 0
+
+
+class CohortSpec(Strict):
+    path: str | None = None
+    id: str
+    arm: Arms
+    preference: str | None = None
+    simulate: SimulateSpec | None = None
+
+
+class Responder(Strict):
+    relative_reduction: float | None = Field(default=None, gt=0, le=1)
+    absolute_reduction: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Responder:
+        if (self.relative_reduction is None) == (self.absolute_reduction is None):
+            raise ValueError("give exactly one of relative_reduction or absolute_reduction")
+        return self
+
+    def describe(self) -> str:
+        if self.relative_reduction is not None:
+            return f">= {self.relative_reduction:.0%} reduction"
+        return f">= {self.absolute_reduction:g} point reduction"
+
+
+class Outcome(Strict):
+    kind: Literal["binary", "continuous"]
+    baseline: str | None = None
+    followup: str | None = None
+    column: str | None = None
+    better: Literal["higher", "lower"] | None = None
+    responder: Responder | None = None
+    missing: Literal["ipcw", "complete_case"] = "ipcw"
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Outcome:
+        paired = self.baseline is not None and self.followup is not None
+        if self.kind == "binary":
+            if not paired:
+                raise ValueError("a binary outcome needs baseline and followup columns")
+            if self.responder is None:
+                raise ValueError("a binary outcome needs a responder definition")
+            if self.column is not None:
+                raise ValueError("a binary outcome is defined from baseline/followup, not column")
+        else:
+            if self.responder is not None:
+                raise ValueError("responder applies to binary outcomes only")
+            if paired == (self.column is not None):
+                raise ValueError("a continuous outcome needs either baseline+followup or column")
+            if self.column is not None and self.better is None:
+                raise ValueError("a ready outcome column needs better: higher | lower")
+        if (self.baseline is None) != (self.followup is None):
+            raise ValueError("baseline and followup go together")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.baseline, self.followup, self.column) if c is not None]
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        if self.kind == "binary":
+            assert self.responder is not None
+            return f"responder: {self.responder.describe()} from {self.baseline} to {self.followup}"
+        if self.column is not None:
+            return f"{self.column} ({self.better} is better)"
+        return f"improvement from {self.baseline} to {self.followup}"
+
+
+class ValidationRules(Strict):
+    """Minimum data to train at all; stated in every validation report."""
+
+    min_per_arm: int = Field(default=50, ge=1)
+    min_observed_per_arm: int = Field(default=30, ge=1)
+
+
+class Training(Strict):
+    folds: int = Field(default=5, ge=2, le=20)
+    seed: int = 0
+    learners: list[str] = Field(
+        default_factory=lambda: ["t", "s", "x", "dr", "effect_linear", "risk_linear"]
+    )
+    interval_level: float = Field(default=0.9, gt=0, lt=1)
+    bootstrap: int = Field(default=50, ge=10)
+    ipcw_clip: float = Field(default=10.0, gt=1)
+
+
+class Decision(Strict):
+    margin: float = Field(default=0.05, ge=0)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class Gates(Strict):
+    """Conditions a version must meet before `promote` moves `champion` to it."""
+
+    calibration_slope: tuple[float, float] = (0.7, 1.3)
+    max_ece: float = 0.10
+
+
+class Registry(Strict):
+    model_name: str
+
+
+class Pipeline(Strict):
+    name: str
+    description: str | None = None
+    synthetic: bool = False
+    cohort: CohortSpec
+    features: dict[str, Feature] = Field(min_length=1)
+    outcome: Outcome
+    validation: ValidationRules = ValidationRules()
+    training: Training = Training()
+    decision: Decision = Decision()
+    gates: Gates = Gates()
+    registry: Registry
+
+    @model_validator(mode="after")
+    def _roles_disjoint(self) -> Pipeline:
+        if self.cohort.id in self.features or self.cohort.arm.column in self.features:
+            raise ValueError("the id and arm columns cannot be features")
+        leaked = [c for c in (self.outcome.followup, self.outcome.column) if c in self.features]
+        if leaked:
+            raise ValueError(f"outcome column {leaked[0]!r} cannot be a feature")
+        return self
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = [self.cohort.id, self.cohort.arm.column, *self.features, *self.outcome.columns]
+        if self.cohort.preference:
+            cols.append(self.cohort.preference)
+        return list(dict.fromkeys(cols))
+
+
+class PipelineError(Exception):
+    """A pipeline file that cannot be used; the message names the key and the reason."""
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"pipeline file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping at the top level")
+    try:
+        return Pipeline.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise PipelineError(f"{path}: invalid pipeline file\n" + "\n".join(lines)) from None

@@ -1,0 +1,100 @@
+"""One small interface for every effect learner.
+
+A learner is fit on the observed rows of a cohort (IPCW-weighted) and answers, for any
+patient, the expected outcome under each arm (a probability for binary outcomes, an
+improvement for continuous ones) and an exact additive decomposition of those answers
+into per-feature contributions. Benefit is always treatment minus control.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, Self
+
+import numpy as np
+import pandas as pd
+
+Kind = Literal["binary", "continuous"]
+ARM_DRIVER = "(treatment itself)"
+
+
+@dataclass(frozen=True)
+class ArmContributions:
+    """mu_a = base_a + phi_a.sum(axis=1) exactly, for a in (control, treatment).
+
+    Columns of phi are the features, then ARM_DRIVER for the part of a learner's answer
+    that belongs to the arm rather than to any covariate (S-learner's treatment split).
+    """
+
+    names: list[str]
+    base0: np.ndarray
+    phi0: np.ndarray
+    base1: np.ndarray
+    phi1: np.ndarray
+
+    def map_arms(self, h0: np.ndarray, hb0: np.ndarray, h1: np.ndarray,
+                 hb1: np.ndarray) -> ArmContributions:
+        """Carry the decomposition through per-arm monotone maps (link, calibration)."""
+        return ArmContributions(
+            self.names, hb0, rescale(self.phi0, h0 - hb0), hb1, rescale(self.phi1, h1 - hb1)
+        )
+
+    @property
+    def benefit_base(self) -> np.ndarray:
+        return self.base1 - self.base0
+
+    @property
+    def benefit_phi(self) -> np.ndarray:
+        return self.phi1 - self.phi0
+
+
+def rescale(phi: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rescale rule (Shrikumar et al. 2017, DeepLIFT): keep each feature's share of the
+    change from the base and make the contributions sum exactly to `target`.
+
+    Where the contributions sum to ~0 the share is undefined; the difference is then
+    spread in proportion to |phi| (or evenly), which keeps the sum exact.
+    """
+    total = phi.sum(axis=1)
+    out = np.empty_like(phi)
+    ok = np.abs(total) > 1e-12
+    out[ok] = phi[ok] * (target[ok] / total[ok])[:, None]
+    if (~ok).any():
+        rest = phi[~ok]
+        mass = np.abs(rest)
+        norm = mass.sum(axis=1, keepdims=True)
+        share = np.where(norm > 0, mass / np.where(norm > 0, norm, 1), 1.0 / phi.shape[1])
+        out[~ok] = rest + share * (target[~ok] - rest.sum(axis=1))[:, None]
+    return out
+
+
+class EffectLearner(ABC):
+    """Configuration in __init__, learning in fit, learned state in trailing underscores."""
+
+    name: str = ""
+
+    def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
+        self.kind = kind
+        self.seed = seed
+
+    @abstractmethod
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
+            weight: np.ndarray) -> Self:
+        """Fit on observed rows only; `weight` are the IPCW weights of those rows."""
+
+    @abstractmethod
+    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Expected outcome under control and under treatment."""
+
+    @abstractmethod
+    def contributions(self, X: pd.DataFrame) -> ArmContributions:
+        """Exact additive decomposition of predict_arms."""
+
+    def benefit(self, X: pd.DataFrame) -> np.ndarray:
+        mu0, mu1 = self.predict_arms(X)
+        return mu1 - mu0
+
+    def clone(self, seed: int | None = None) -> Self:
+        """An unfitted copy (optionally reseeded), e.g. for a bootstrap replicate."""
+        return type(self)(kind=self.kind, seed=self.seed if seed is None else seed)

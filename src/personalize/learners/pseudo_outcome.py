@@ -1,0 +1,45 @@
+"""Shared shape of learners that regress an effect directly (X- and DR-learner).
+
+The control arm comes from an outcome model; the treatment arm is control plus the
+directly modelled benefit, so both arms and the benefit decompose on one additive scale.
+"""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner
+from personalize.learners.boosting import booster_arm, tree_contributions
+
+
+class EffectRegressionLearner(EffectLearner):
+    """Subclasses set control_model_ and effect_models_ = [(share, regressor), ...]."""
+
+    control_model_: lgb.LGBMModel
+    effect_models_: list[tuple[float, lgb.LGBMModel]]
+
+    def _effect(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        phi = np.zeros((len(X), X.shape[1]))
+        base = np.zeros(len(X))
+        for share, model in self.effect_models_:
+            p, b = tree_contributions(model, X)
+            phi += share * p
+            base += share * b
+        return phi, base
+
+    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        mu0 = booster_arm(self.control_model_, X, self.kind == "binary").value
+        phi, base = self._effect(X)
+        return mu0, mu0 + base + phi.sum(axis=1)
+
+    def contributions(self, X: pd.DataFrame) -> ArmContributions:
+        arm0 = booster_arm(self.control_model_, X, self.kind == "binary")
+        phi, base = self._effect(X)
+        pad = np.zeros((len(X), 1))
+        return ArmContributions(
+            [*X.columns, ARM_DRIVER],
+            arm0.base, np.hstack([arm0.phi, pad]),
+            arm0.base + base, np.hstack([arm0.phi + phi, pad]),
+        )

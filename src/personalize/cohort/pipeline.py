@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+LEARNER_NAMES = ["t", "s", "x", "dr", "effect_linear", "risk_linear"]
+
 
 class Strict(BaseModel):
     """Unknown keys are typos, not extensions: reject them."""
@@ -152,9 +154,7 @@ class ValidationRules(Strict):
 class Training(Strict):
     folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
-    learners: list[str] = Field(
-        default_factory=lambda: ["t", "s", "x", "dr", "effect_linear", "risk_linear"]
-    )
+    learners: list[str] = Field(default_factory=lambda: list(LEARNER_NAMES), min_length=1)
     interval_level: float = Field(default=0.9, gt=0, lt=1)
     bootstrap: int = Field(default=50, ge=10)
     ipcw_clip: float = Field(default=10.0, gt=1)
@@ -188,6 +188,9 @@ class Pipeline(Strict):
     decision: Decision = Decision()
     gates: Gates = Gates()
     registry: Registry
+    # features to report performance by (TRIPOD+AI fairness): categorical -> its levels,
+    # numeric -> bands at the given cut points, e.g. {sex: null, age: [50, 65]}
+    subgroups: dict[str, list[float] | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _roles_disjoint(self) -> Pipeline:
@@ -196,6 +199,12 @@ class Pipeline(Strict):
         leaked = [c for c in (self.outcome.followup, self.outcome.column) if c in self.features]
         if leaked:
             raise ValueError(f"outcome column {leaked[0]!r} cannot be a feature")
+        unknown = [k for k in self.subgroups if k not in self.features]
+        if unknown:
+            raise ValueError(f"subgroups {unknown} are not declared features")
+        unknown = [k for k in self.training.learners if k not in LEARNER_NAMES]
+        if unknown:
+            raise ValueError(f"training.learners: unknown {unknown}; choose from {LEARNER_NAMES}")
         return self
 
     @property

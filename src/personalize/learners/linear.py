@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
 from personalize.learners.boosting import sigmoid
 
-CS = [0.01, 0.03, 0.1, 0.3, 1.0]
+CS = [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 
 
 class LinearDesign:

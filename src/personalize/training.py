@@ -1,0 +1,325 @@
+"""The training pipeline: validated cohort -> cross-fitted candidates -> chosen, calibrated,
+explained model with its heterogeneity evidence (DESIGN.md 2, "consequences").
+
+Nothing here talks to MLflow; `tracking` records what this returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from personalize.calibration import ArmCalibration, ArmCalibrator, assess, choose_calibrator
+from personalize.cohort.pipeline import Pipeline
+from personalize.cohort.validate import Cohort, prepare
+from personalize.decision import DecisionRule
+from personalize.evidence import (
+    BLPResult,
+    GroupCalibration,
+    PolicyValueResult,
+    RATEResult,
+    benefit_calibration_by_group,
+    blp_test,
+    dr_scores,
+    policy_value,
+    r_loss,
+    rate,
+)
+from personalize.learners import LEARNERS, EffectLearner, make_learner
+from personalize.missingness import IPCW, ipcw_weights
+from personalize.model import PersonalizeModel, TrainingRange
+
+NUISANCE = "t"  # outcome model behind the doubly-robust scores
+Step = Callable[[str], None]
+
+
+@dataclass
+class Candidate:
+    name: str
+    mu0: np.ndarray  # out-of-fold, every patient
+    mu1: np.ndarray
+    dr_loss: float = float("nan")
+    r_loss: float = float("nan")
+    policy: PolicyValueResult | None = None
+
+    @property
+    def tau(self) -> np.ndarray:
+        return self.mu1 - self.mu0
+
+    def metrics(self) -> dict[str, float]:
+        out = {"dr_loss": self.dr_loss, "r_loss": self.r_loss}
+        if self.policy is not None:
+            out["policy_gain"] = self.policy.gain_over_best_arm
+        return out
+
+
+@dataclass
+class TrainResult:
+    model: PersonalizeModel
+    cohort: Cohort
+    ipcw: IPCW
+    candidates: dict[str, Candidate]
+    chosen: str
+    calibration: dict[str, ArmCalibration]  # per arm label, honest (cross-calibrated)
+    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # y, p, w per arm
+    blp: BLPResult
+    autoc: RATEResult
+    qini: RATEResult
+    groups: GroupCalibration
+    policy: PolicyValueResult
+    scores: np.ndarray  # doubly-robust scores
+    oof_benefit: np.ndarray  # calibrated, out of fold
+    subgroups: list[dict[str, Any]] = field(default_factory=list)
+    importance: dict[str, float] = field(default_factory=dict)
+    share_either: float = float("nan")  # of the training patients, under the final model
+
+    def metrics(self) -> dict[str, float]:
+        m: dict[str, float] = {
+            "n_patients": float(len(self.cohort)),
+            "n_observed": float(self.cohort.observed.sum()),
+            "ipcw_effective_sample_size": self.ipcw.effective_sample_size,
+            "ipcw_n_clipped": float(self.ipcw.n_clipped),
+            **self.blp.metrics(),
+            **self.autoc.metrics(),
+            **self.qini.metrics(),
+            **self.groups.metrics(),
+            "policy_gain_over_best_arm": self.policy.gain_over_best_arm,
+            "policy_gain_ci_low": self.policy.gain_ci_low,
+            "policy_gain_ci_high": self.policy.gain_ci_high,
+            "share_either": self.share_either,
+        }
+        for arm, cal in self.calibration.items():
+            for key, value in cal.to_dict().items():
+                if isinstance(value, float):
+                    m[f"calibration_{arm}_{key}"] = value
+        for name, cand in self.candidates.items():
+            for key, value in cand.metrics().items():
+                m[f"candidate_{name}_{key}"] = value
+        return m
+
+    def summary(self) -> dict[str, Any]:
+        rule = self.model.rule
+        return {
+            "learner": self.chosen,
+            "heterogeneity_detected": self.blp.heterogeneity_detected(rule.alpha),
+            "evidence": rule.evidence_reason,
+            "blp_differential_p": self.blp.differential_forest_prediction.p_value,
+            "ate": self.blp.ate,
+            "ate_ci": [self.blp.ate_ci_low, self.blp.ate_ci_high],
+            "autoc": self.autoc.estimate,
+            "autoc_ci": [self.autoc.ci_low, self.autoc.ci_high],
+        }
+
+
+def cohort_hash(frame: pd.DataFrame) -> str:
+    """Content hash of the cohort as read: identifies the data without storing it."""
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def strata(cohort: Cohort) -> np.ndarray:
+    """Arm x outcome class (binary) or arm x outcome half (continuous); missing its own."""
+    y = cohort.y
+    obs = cohort.observed
+    if np.nanmax(np.abs(y - np.round(y))) == 0 and set(np.unique(y[obs])) <= {0.0, 1.0}:
+        level = np.where(obs, np.nan_to_num(y), 2)
+    else:
+        level = np.where(obs, np.nan_to_num(y) > np.nanmedian(y), 2)
+    return cohort.treated.astype(int) * 3 + level.astype(int)
+
+
+def cross_fit(learner: EffectLearner, cohort: Cohort, w: np.ndarray,
+              folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold arm predictions for every patient; fits see observed rows only."""
+    mu0 = np.empty(len(cohort))
+    mu1 = np.empty(len(cohort))
+    obs = cohort.observed
+    for k, (train, test) in enumerate(folds):
+        fit_rows = train[obs[train]]
+        model = learner.clone(seed=learner.seed + 101 * k).fit(
+            cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], w[fit_rows])
+        mu0[test], mu1[test] = model.predict_arms(cohort.X.iloc[test])
+    return mu0, mu1
+
+
+def bootstrap_ensemble(learner: EffectLearner, cohort: Cohort, w: np.ndarray, size: int,
+                       seed: int, step: Step) -> list[EffectLearner]:
+    """Refits on patient-level bootstrap resamples, stratified by arm."""
+    rng = np.random.default_rng(seed)
+    obs = cohort.observed
+    members = []
+    arms = [np.flatnonzero(cohort.treated == a) for a in (0, 1)]
+    for b in range(size):
+        rows = np.concatenate([rng.choice(idx, len(idx), replace=True) for idx in arms])
+        rows = rows[obs[rows]]
+        members.append(learner.clone(seed=seed + 7919 * (b + 1)).fit(
+            cohort.X.iloc[rows], cohort.treated[rows], cohort.y[rows], w[rows]))
+        step("bootstrap")
+    return members
+
+
+def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> TrainResult:
+    """The whole training pipeline on one cohort frame (raises CohortError if invalid)."""
+    step = step or (lambda _name: None)
+    cfg = pipeline.training
+    binary = pipeline.outcome.kind == "binary"
+    cohort = prepare(frame, pipeline)
+    obs = cohort.observed
+    ipcw = ipcw_weights(cohort.X, cohort.treated, obs, pipeline.outcome.missing, cfg.ipcw_clip)
+    w = ipcw.weights
+    step("ipcw")
+    e = float(cohort.treated.mean())  # randomized: the allocation ratio, known by design
+    splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    folds = list(splitter.split(cohort.X, strata(cohort)))
+
+    names = list(dict.fromkeys([NUISANCE, *cfg.learners]))
+    candidates: dict[str, Candidate] = {}
+    for name in names:
+        learner = make_learner(name, pipeline.outcome.kind, cfg.seed)
+        candidates[name] = Candidate(name, *cross_fit(learner, cohort, w, folds))
+        step(f"cross-fit {name}")
+    nuisance = candidates[NUISANCE]
+    scores = dr_scores(cohort.y, cohort.treated, e, nuisance.mu0, nuisance.mu1, w)
+    m = e * nuisance.mu1 + (1 - e) * nuisance.mu0
+    for name in list(candidates):
+        cand = candidates[name]
+        if name not in cfg.learners:
+            del candidates[name]
+            continue
+        # DR-loss: mean squared error of the benefit against doubly-robust scores; its
+        # expectation is PEHE plus a constant, so it ranks learners by benefit accuracy.
+        cand.dr_loss = float(np.mean((scores - cand.tau) ** 2))
+        cand.r_loss = r_loss(cohort.y, cohort.treated, e, m, cand.tau, w)
+        cand.policy = policy_value(scores, cand.tau > 0, seed=cfg.seed)
+    chosen = min(candidates, key=lambda k: candidates[k].dr_loss)
+    best = candidates[chosen]
+
+    calibrators: tuple[ArmCalibrator, ArmCalibrator] | None = None
+    calibration: dict[str, ArmCalibration] = {}
+    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    arm_labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
+    oof = [best.mu0.copy(), best.mu1.copy()]
+    fitted: list[ArmCalibrator] = []
+    for a, label in enumerate(arm_labels):
+        rows = obs & (cohort.treated == a)
+        p, y, wa = oof[a][rows], cohort.y[rows], w[rows]
+        if binary:
+            cal, honest, _ = choose_calibrator(p, y, wa, seed=cfg.seed)
+            fitted.append(cal)
+            calibration[label] = assess(y, honest, wa, True, cal.method)
+            reliability[label] = (y, honest, wa)
+            oof[a] = cal.transform(oof[a])
+        else:
+            calibration[label] = assess(y, p, wa, False, "identity")
+            reliability[label] = (y, p, wa)
+    if binary:
+        calibrators = (fitted[0], fitted[1])
+    step("calibration")
+    oof_benefit = oof[1] - oof[0]
+
+    blp = blp_test(cohort.y, cohort.treated, e, nuisance.mu0, nuisance.mu1, oof_benefit, w)
+    autoc = rate(oof_benefit, scores, "AUTOC", seed=cfg.seed)
+    qini = rate(oof_benefit, scores, "QINI", seed=cfg.seed)
+    groups = benefit_calibration_by_group(oof_benefit, scores)
+    step("heterogeneity evidence")
+
+    alpha = pipeline.decision.alpha
+    if blp.heterogeneity_detected(alpha):
+        reason = (f"heterogeneity detected (BLP differential p = "
+                  f"{blp.differential_forest_prediction.p_value:.3g} < {alpha:g})")
+    elif blp.ate_detected(alpha):
+        reason = f"average effect reliably non-zero (p = {blp.ate_p_value:.3g} < {alpha:g})"
+    else:
+        reason = (f"no evidence of heterogeneity (BLP differential p = "
+                  f"{blp.differential_forest_prediction.p_value:.3g}) nor of an average "
+                  f"effect (p = {blp.ate_p_value:.3g})")
+    evidence = blp.heterogeneity_detected(alpha) or blp.ate_detected(alpha)
+    rule = DecisionRule(
+        treatment=pipeline.cohort.arm.treatment, control=pipeline.cohort.arm.control,
+        margin=pipeline.decision.margin, level=cfg.interval_level, alpha=alpha,
+        evidence=evidence, evidence_reason=reason, binary=binary,
+    )
+
+    learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)
+    learner.fit(cohort.X[obs], cohort.treated[obs], cohort.y[obs], w[obs])
+    step("refit")
+    ensemble = bootstrap_ensemble(learner, cohort, w, cfg.bootstrap, cfg.seed, step)
+    model = PersonalizeModel(
+        pipeline=pipeline, learner=learner, calibrators=calibrators, ensemble=ensemble,
+        rule=rule, training_range=TrainingRange.of(cohort.X),
+        info={"learner": chosen, "cohort_sha256": cohort_hash(frame),
+              "n_patients": len(cohort), "synthetic": pipeline.synthetic},
+    )
+    result = TrainResult(
+        model=model, cohort=cohort, ipcw=ipcw, candidates=candidates, chosen=chosen,
+        calibration=calibration, reliability=reliability, blp=blp, autoc=autoc, qini=qini,
+        groups=groups, policy=policy_value(scores, oof_benefit > 0, seed=cfg.seed),
+        scores=scores, oof_benefit=oof_benefit,
+    )
+    result.importance = moderator_importance(model, cohort.X)
+    result.subgroups = subgroup_performance(pipeline, cohort, oof, w, scores, oof_benefit)
+    decisions = model.predict(frame, explain=0)["recommendation"]
+    result.share_either = float((decisions == "either").mean())
+    return result
+
+
+def moderator_importance(model: PersonalizeModel, X: pd.DataFrame) -> dict[str, float]:
+    """Global importance of each feature for the benefit: mean |driver| (calibrated scale)."""
+    c = model.contributions(X)
+    mean_abs = np.abs(c.benefit_phi).mean(axis=0)
+    order = np.argsort(-mean_abs, kind="stable")
+    return {c.names[j]: float(mean_abs[j]) for j in order}
+
+
+def subgroup_performance(pipeline: Pipeline, cohort: Cohort, oof: list[np.ndarray],
+                         w: np.ndarray, scores: np.ndarray,
+                         benefit: np.ndarray) -> list[dict[str, Any]]:
+    """Per subgroup (pipeline `subgroups`): n, per-arm predicted vs observed outcome and the
+    mean predicted vs doubly-robust observed benefit (TRIPOD+AI fairness reporting)."""
+    rows: list[dict[str, Any]] = []
+    obs = cohort.observed
+    for name, cuts in pipeline.subgroups.items():
+        col = cohort.X[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            labels = col.astype(object).fillna("missing").to_numpy()
+        else:
+            edges = [-np.inf, *(cuts or []), np.inf]
+            binned = pd.cut(col, edges, right=False)
+            labels = binned.astype(object).map(_band).fillna("missing").to_numpy()
+        for level in pd.unique(labels):
+            g = labels == level
+            row: dict[str, Any] = {"feature": name, "group": str(level), "n": int(g.sum()),
+                                   "predicted_benefit": float(benefit[g].mean()),
+                                   "observed_benefit_dr": float(scores[g].mean()),
+                                   "observed_benefit_se": float(
+                                       scores[g].std(ddof=1) / np.sqrt(max(g.sum(), 2)))}
+            for a, label in enumerate((pipeline.cohort.arm.control,
+                                       pipeline.cohort.arm.treatment)):
+                r = g & obs & (cohort.treated == a)
+                if w[r].sum() > 0:
+                    row[f"predicted_{label}"] = float(np.average(oof[a][r], weights=w[r]))
+                    row[f"observed_{label}"] = float(np.average(cohort.y[r], weights=w[r]))
+            rows.append(row)
+    return rows
+
+
+def _band(interval: Any) -> str:
+    if not isinstance(interval, pd.Interval):
+        return "missing"
+    lo, hi = interval.left, interval.right
+    if np.isinf(lo):
+        return f"< {hi:g}"
+    if np.isinf(hi):
+        return f">= {lo:g}"
+    return f"{lo:g} to < {hi:g}"
+
+
+__all__ = ["LEARNERS", "TrainResult", "fit"]

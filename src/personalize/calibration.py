@@ -134,3 +134,42 @@ def assess(y: np.ndarray, p: np.ndarray, w: np.ndarray, binary: bool,
     rmse = float(np.sqrt(np.average((y - p) ** 2, weights=w)))
     return ArmCalibration(method, None, None, rmse, float(lin.intercept_),
                           float(lin.coef_[0]), len(y))
+
+
+@dataclass(frozen=True)
+class BenefitCalibration:
+    """Calibration for benefit: tau' = ate + slope * (tau_hat - center).
+
+    The slope is the out-of-fold best-linear-predictor coefficient of the observed
+    (doubly-robust) benefit on the predicted one (grf's differential forest prediction),
+    clipped to [0, MAX_SLOPE]: a learner that over-disperses is shrunk, one with no signal
+    collapses to the average effect. Coefficient uncertainty travels into the interval.
+    """
+
+    ate: float
+    ate_se: float
+    slope: float
+    slope_se: float
+    center: float
+    raw_slope: float
+
+    MAX_SLOPE = 2.0
+
+    @classmethod
+    def from_blp(cls, ate: float, ate_se: float, slope: float, slope_se: float,
+                 center: float) -> BenefitCalibration:
+        raw = slope if np.isfinite(slope) else 0.0
+        se = slope_se if np.isfinite(slope_se) else 0.0
+        return cls(ate, ate_se, float(np.clip(raw, 0.0, cls.MAX_SLOPE)), se, center, raw)
+
+    def apply(self, tau: np.ndarray) -> np.ndarray:
+        return self.ate + self.slope * (tau - self.center)
+
+    def coefficient_var(self, tau: np.ndarray) -> np.ndarray:
+        """Variance of tau' from the uncertainty in the average effect and the slope."""
+        slope_var = self.slope_se**2 if self.slope > 0 else 0.0
+        return self.ate_se**2 + (tau - self.center) ** 2 * slope_var
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ate": self.ate, "ate_se": self.ate_se, "slope": self.slope,
+                "slope_se": self.slope_se, "center": self.center, "raw_slope": self.raw_slope}

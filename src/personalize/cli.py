@@ -84,6 +84,93 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML file")],
+    cohort: Annotated[Path | None, typer.Option(help="cohort file (default: cohort.path)")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: models/mlflow.db)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print a one-line JSON summary last")
+    ] = False,
+) -> None:
+    """Train, evaluate out of fold, explain, and register a model version as `candidate`."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from personalize import tracking
+    from personalize.cohort.validate import CohortError
+
+    spec, frame = _load(pipeline, cohort)
+    cfg = spec.training
+    total = 4 + len(set(cfg.learners) | {"t"}) + 2 + cfg.bootstrap
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("validating", total=total)
+
+        def step(name: str) -> None:
+            progress.update(task, advance=1, description=name)
+
+        try:
+            reg = tracking.train(spec, frame, tracking_uri, step=step)
+        except CohortError as exc:
+            progress.stop()
+            _render_report(exc.report, cohort or Path(spec.cohort.path or ""))
+            fail("training refused: the cohort failed validation (nothing registered)", code=1)
+    s = reg.summary
+    out.print(
+        f"registered [bold]{reg.model_name}[/] version {reg.version} as 'candidate' "
+        f"(run {reg.run_id})",
+        highlight=False,
+    )
+    out.print(f"learner: {s['learner']}; {s['evidence']}", highlight=False)
+    out.print(
+        f"average effect {s['ate']:+.3f} (95% CI {s['ate_ci'][0]:+.3f} to "
+        f"{s['ate_ci'][1]:+.3f}); AUTOC {s['autoc']:+.3f} (95% CI {s['autoc_ci'][0]:+.3f}"
+        f" to {s['autoc_ci'][1]:+.3f})",
+        highlight=False,
+    )
+    if spec.synthetic:
+        out.print("[yellow]trained on SYNTHETIC data[/]")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_id": reg.run_id,
+                    "model_name": reg.model_name,
+                    "version": reg.version,
+                    "alias": "candidate",
+                    "synthetic": spec.synthetic,
+                    **s,
+                }
+            )
+        )
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[str, typer.Argument(help="model version")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Move alias `champion` to NAME/VERSION if its promotion gates pass."""
+    from personalize import tracking
+
+    try:
+        checks = tracking.promote(name, version, tracking_uri)
+    except tracking.GateError as exc:
+        fail(f"not promoted: {exc}", code=1)
+    for check in checks:
+        out.print(f"  passed: {check}", highlight=False)
+    out.print(f"{name} version {version} is now 'champion'", highlight=False)
+
+
 def _load(pipeline: Path, cohort: Path | None) -> tuple[Pipeline, pd.DataFrame]:
     from personalize.cohort.pipeline import PipelineError, load_pipeline
     from personalize.cohort.table import TableError, read_table
@@ -101,17 +188,24 @@ def _load(pipeline: Path, cohort: Path | None) -> tuple[Pipeline, pd.DataFrame]:
 def _render_report(report: ValidationReport, path: Path) -> None:
     arms = ", ".join(f"{k}: {v}" for k, v in report.arm_counts.items())
     observed = ", ".join(f"{k}: {v}" for k, v in report.observed_counts.items())
-    out.print(f"[bold]{path}[/]: {report.n_rows} rows; arms {arms or '-'}; "
-              f"observed outcomes {observed or '-'}", highlight=False)
+    out.print(
+        f"[bold]{path}[/]: {report.n_rows} rows; arms {arms or '-'}; "
+        f"observed outcomes {observed or '-'}",
+        highlight=False,
+    )
     t = report.thresholds
-    out.print(f"thresholds: at least {t['min_per_arm']} patients and "
-              f"{t['min_observed_per_arm']} observed outcomes per arm", highlight=False)
+    out.print(
+        f"thresholds: at least {t['min_per_arm']} patients and "
+        f"{t['min_observed_per_arm']} observed outcomes per arm",
+        highlight=False,
+    )
     if report.missing_counts:
         missing = ", ".join(f"{k} {v}" for k, v in report.missing_counts.items())
         out.print(f"missing covariate values (allowed): {missing}", highlight=False)
     if report.ignored_columns:
-        out.print(f"undeclared columns, ignored: {', '.join(report.ignored_columns)}",
-                  highlight=False)
+        out.print(
+            f"undeclared columns, ignored: {', '.join(report.ignored_columns)}", highlight=False
+        )
     if report.ok:
         out.print("[green]valid[/]")
         return

@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
-from personalize.calibration import ArmCalibrator
+from personalize.calibration import ArmCalibrator, BenefitCalibration
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 from personalize.cohort.validate import NO_PREFERENCE, feature_frame
 from personalize.decision import DecisionRule
-from personalize.learners import ARM_DRIVER, ArmContributions, EffectLearner
+from personalize.learners import ARM_DRIVER, EffectLearner
+from personalize.learners.base import rescale
 
 OUTPUT_COLUMNS = [
     "outcome_control", "outcome_treatment", "benefit", "benefit_lower", "benefit_upper",
@@ -62,6 +64,7 @@ class PersonalizeModel:
     pipeline: Pipeline
     learner: EffectLearner
     calibrators: tuple[ArmCalibrator, ArmCalibrator] | None  # None: continuous outcome
+    benefit_calibration: BenefitCalibration
     ensemble: list[EffectLearner]
     rule: DecisionRule
     training_range: TrainingRange
@@ -79,35 +82,51 @@ class PersonalizeModel:
             return mu0, mu1
         return self.calibrators[0].transform(mu0), self.calibrators[1].transform(mu1)
 
-    def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated expected outcome under control and under treatment."""
-        return self._calibrate(*self.learner.predict_arms(X))
-
-    def _benefit(self, learner: EffectLearner, X: pd.DataFrame) -> np.ndarray:
+    def _raw_benefit(self, learner: EffectLearner, X: pd.DataFrame) -> np.ndarray:
+        """Difference of the per-arm calibrated outcomes, before calibration for benefit."""
         p0, p1 = self._calibrate(*learner.predict_arms(X))
         return p1 - p0
 
+    def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Expected outcome under control and under treatment: each arm calibrated, then
+        moved symmetrically about their midpoint so that their difference is the
+        benefit-calibrated benefit."""
+        p0, p1 = self._calibrate(*self.learner.predict_arms(X))
+        mid = (p0 + p1) / 2
+        half = self.benefit_calibration.apply(p1 - p0) / 2
+        lo, hi = (0.0, 1.0) if self.binary else (-np.inf, np.inf)
+        return np.clip(mid - half, lo, hi), np.clip(mid + half, lo, hi)
+
     def benefit_interval(self, X: pd.DataFrame,
                          benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bootstrap spread of the benefit, centred on the point estimate."""
-        draws = np.column_stack([self._benefit(m, X) for m in self.ensemble])
-        dev = draws - draws.mean(axis=1, keepdims=True)
-        alpha = 1 - self.rule.level
-        lo, hi = np.quantile(dev, [alpha / 2, 1 - alpha / 2], axis=1)
-        return benefit + np.minimum(lo, 0), benefit + np.maximum(hi, 0)
+        """benefit +- z * sd, where sd combines the bootstrap variance of the learner's
+        prediction (scaled by the benefit slope) and the uncertainty of the benefit
+        calibration's average effect and slope."""
+        bc = self.benefit_calibration
+        draws = np.column_stack([self._raw_benefit(m, X) for m in self.ensemble])
+        var = bc.slope**2 * draws.var(axis=1, ddof=1)
+        var += bc.coefficient_var(self._raw_benefit(self.learner, X))
+        z = float(norm.ppf(0.5 + self.rule.level / 2))
+        half = z * np.sqrt(var)
+        return benefit - half, benefit + half
 
-    def contributions(self, X: pd.DataFrame) -> ArmContributions:
-        """Drivers on the calibrated outcome scale: learner contributions carried through
-        each arm's calibration map by the rescale rule, so they sum exactly to the
-        benefit shown (base + sum of drivers == benefit)."""
+    def benefit_drivers(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(names, base, phi) with base + phi.sum(1) == benefit exactly, on the outcome's
+        scale (probability for binary outcomes). The learner's contributions are carried
+        through each arm's calibration map by the rescale rule, scaled by the benefit
+        slope, and rescaled once more where a probability had to be clipped to [0, 1]."""
         raw = self.learner.contributions(X)
-        if self.calibrators is None:
-            return raw
-        mu0 = raw.base0 + raw.phi0.sum(axis=1)
-        mu1 = raw.base1 + raw.phi1.sum(axis=1)
-        c0, c1 = self.calibrators
-        return raw.map_arms(c0.transform(mu0), c0.transform(raw.base0),
-                            c1.transform(mu1), c1.transform(raw.base1))
+        if self.calibrators is not None:
+            mu0 = raw.base0 + raw.phi0.sum(axis=1)
+            mu1 = raw.base1 + raw.phi1.sum(axis=1)
+            c0, c1 = self.calibrators
+            raw = raw.map_arms(c0.transform(mu0), c0.transform(raw.base0),
+                               c1.transform(mu1), c1.transform(raw.base1))
+        bc = self.benefit_calibration
+        base = bc.ate + bc.slope * (raw.benefit_base - bc.center)
+        phi = bc.slope * raw.benefit_phi
+        p0, p1 = self.arms(X)
+        return raw.names, base, rescale(phi, p1 - p0 - base)
 
     def predict(self, frame: pd.DataFrame, explain: int = 3) -> pd.DataFrame:
         X = self.features(frame)
@@ -135,15 +154,14 @@ class PersonalizeModel:
     def drivers(self, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:
         if k <= 0:
             return [[] for _ in range(len(X))]
-        c = self.contributions(X)
-        phi = c.benefit_phi
+        names, _, phi = self.benefit_drivers(X)
         order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
         t, ctrl = self.rule.treatment, self.rule.control
         out = []
         for i, top in enumerate(order):
             row = []
             for j in top:
-                name = c.names[j]
+                name = names[j]
                 value = None if name == ARM_DRIVER else _display(X[name].iloc[i])
                 contrib = float(phi[i, j])
                 if contrib == 0:

@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from personalize.calibration import ArmCalibration, ArmCalibrator, assess, choose_calibrator
+from personalize.calibration import (
+    ArmCalibration,
+    ArmCalibrator,
+    BenefitCalibration,
+    assess,
+    choose_calibrator,
+)
 from personalize.cohort.pipeline import Pipeline
 from personalize.cohort.validate import Cohort, prepare
 from personalize.decision import DecisionRule
@@ -41,19 +47,22 @@ Step = Callable[[str], None]
 
 @dataclass
 class Candidate:
+    """One learner's out-of-fold showing: calibrated arms, raw and recalibrated benefit."""
+
     name: str
-    mu0: np.ndarray  # out-of-fold, every patient
-    mu1: np.ndarray
+    arms: ArmFit
+    tau_raw: np.ndarray  # difference of calibrated arms, out of fold
+    tau: np.ndarray  # after calibration for benefit
+    blp: BLPResult
+    benefit_calibration: BenefitCalibration
     dr_loss: float = float("nan")
     r_loss: float = float("nan")
     policy: PolicyValueResult | None = None
 
-    @property
-    def tau(self) -> np.ndarray:
-        return self.mu1 - self.mu0
-
     def metrics(self) -> dict[str, float]:
-        out = {"dr_loss": self.dr_loss, "r_loss": self.r_loss}
+        out = {"dr_loss": self.dr_loss, "r_loss": self.r_loss,
+               "benefit_slope": self.benefit_calibration.raw_slope,
+               "blp_differential_p": self.blp.differential_forest_prediction.p_value}
         if self.policy is not None:
             out["policy_gain"] = self.policy.gain_over_best_arm
         return out
@@ -69,6 +78,7 @@ class TrainResult:
     calibration: dict[str, ArmCalibration]  # per arm label, honest (cross-calibrated)
     reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # y, p, w per arm
     blp: BLPResult
+    heterogeneity_p: float  # BLP differential p, adjusted for the choice among learners
     autoc: RATEResult
     qini: RATEResult
     groups: GroupCalibration
@@ -86,6 +96,7 @@ class TrainResult:
             "ipcw_effective_sample_size": self.ipcw.effective_sample_size,
             "ipcw_n_clipped": float(self.ipcw.n_clipped),
             **self.blp.metrics(),
+            "heterogeneity_p_adjusted": self.heterogeneity_p,
             **self.autoc.metrics(),
             **self.qini.metrics(),
             **self.groups.metrics(),
@@ -107,7 +118,8 @@ class TrainResult:
         rule = self.model.rule
         return {
             "learner": self.chosen,
-            "heterogeneity_detected": self.blp.heterogeneity_detected(rule.alpha),
+            "heterogeneity_detected": self.heterogeneity_p < rule.alpha,
+            "heterogeneity_p_adjusted": self.heterogeneity_p,
             "evidence": rule.evidence_reason,
             "blp_differential_p": self.blp.differential_forest_prediction.p_value,
             "ate": self.blp.ate,
@@ -166,11 +178,51 @@ def bootstrap_ensemble(learner: EffectLearner, cohort: Cohort, w: np.ndarray, si
     return members
 
 
+def calibrate_arms(pipeline: Pipeline, cohort: Cohort, w: np.ndarray, mu0: np.ndarray,
+                   mu1: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> ArmFit:
+    """Per-arm calibration (binary outcomes): the method is chosen by cross-validated Brier
+    score, and the out-of-fold arms are calibrated fold by fold so that no patient's own
+    outcome shapes their calibrated prediction (an in-sample calibrator would leak it into
+    the benefit and fake heterogeneity). Continuous outcomes are assessed as they are."""
+    binary = pipeline.outcome.kind == "binary"
+    labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
+    obs = cohort.observed
+    fitted: list[ArmCalibrator] = []
+    calibration: dict[str, ArmCalibration] = {}
+    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    arms = [mu0.copy(), mu1.copy()]
+    for a, label in enumerate(labels):
+        rows = obs & (cohort.treated == a)
+        if binary:
+            cal, _, _ = choose_calibrator(arms[a][rows], cohort.y[rows], w[rows],
+                                          seed=pipeline.training.seed)
+            honest = np.empty(len(cohort))
+            for train, test in folds:
+                r = train[rows[train]]
+                honest[test] = ArmCalibrator(cal.method).fit(
+                    arms[a][r], cohort.y[r], w[r]).transform(arms[a][test])
+            fitted.append(cal)
+            arms[a] = honest
+        calibration[label] = assess(cohort.y[rows], arms[a][rows], w[rows], binary,
+                                    fitted[a].method if binary else "identity")
+        reliability[label] = (cohort.y[rows], arms[a][rows], w[rows])
+    calibrators = (fitted[0], fitted[1]) if binary else None
+    return ArmFit(calibrators, calibration, reliability, arms[0], arms[1])
+
+
+@dataclass
+class ArmFit:
+    calibrators: tuple[ArmCalibrator, ArmCalibrator] | None
+    calibration: dict[str, ArmCalibration]
+    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    mu0: np.ndarray  # calibrated, out of fold
+    mu1: np.ndarray
+
+
 def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> TrainResult:
     """The whole training pipeline on one cohort frame (raises CohortError if invalid)."""
     step = step or (lambda _name: None)
     cfg = pipeline.training
-    binary = pipeline.outcome.kind == "binary"
     cohort = prepare(frame, pipeline)
     obs = cohort.observed
     ipcw = ipcw_weights(cohort.X, cohort.treated, obs, pipeline.outcome.missing, cfg.ipcw_clip)
@@ -180,72 +232,59 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
     folds = list(splitter.split(cohort.X, strata(cohort)))
 
-    names = list(dict.fromkeys([NUISANCE, *cfg.learners]))
-    candidates: dict[str, Candidate] = {}
-    for name in names:
-        learner = make_learner(name, pipeline.outcome.kind, cfg.seed)
-        candidates[name] = Candidate(name, *cross_fit(learner, cohort, w, folds))
+    oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in dict.fromkeys([NUISANCE, *cfg.learners]):
+        oof[name] = cross_fit(make_learner(name, pipeline.outcome.kind, cfg.seed), cohort, w,
+                              folds)
         step(f"cross-fit {name}")
-    nuisance = candidates[NUISANCE]
-    scores = dr_scores(cohort.y, cohort.treated, e, nuisance.mu0, nuisance.mu1, w)
-    m = e * nuisance.mu1 + (1 - e) * nuisance.mu0
-    for name in list(candidates):
-        cand = candidates[name]
-        if name not in cfg.learners:
-            del candidates[name]
-            continue
-        # DR-loss: mean squared error of the benefit against doubly-robust scores; its
-        # expectation is PEHE plus a constant, so it ranks learners by benefit accuracy.
+    nuisance = oof[NUISANCE]
+    scores = dr_scores(cohort.y, cohort.treated, e, *nuisance, w)
+    m = e * nuisance[1] + (1 - e) * nuisance[0]
+
+    candidates: dict[str, Candidate] = {}
+    for name in cfg.learners:
+        arms = calibrate_arms(pipeline, cohort, w, *oof[name], folds)
+        tau_hat = arms.mu1 - arms.mu0
+        blp = blp_test(cohort.y, cohort.treated, e, *nuisance, tau_hat, w)
+        diff = blp.differential_forest_prediction
+        bc = BenefitCalibration.from_blp(blp.ate, blp.ate_se, diff.estimate, diff.se,
+                                         float(np.average(tau_hat, weights=None)))
+        cand = Candidate(name, arms, tau_hat, bc.apply(tau_hat), blp, bc)
+        # DR-loss of the benefit after calibration for benefit: its expectation is PEHE plus
+        # a constant, and recalibrating first stops flat (over-shrunk) learners from winning
+        # merely by predicting the average effect for everyone.
         cand.dr_loss = float(np.mean((scores - cand.tau) ** 2))
         cand.r_loss = r_loss(cohort.y, cohort.treated, e, m, cand.tau, w)
         cand.policy = policy_value(scores, cand.tau > 0, seed=cfg.seed)
+        candidates[name] = cand
     chosen = min(candidates, key=lambda k: candidates[k].dr_loss)
     best = candidates[chosen]
-
-    calibrators: tuple[ArmCalibrator, ArmCalibrator] | None = None
-    calibration: dict[str, ArmCalibration] = {}
-    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    arm_labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
-    oof = [best.mu0.copy(), best.mu1.copy()]
-    fitted: list[ArmCalibrator] = []
-    for a, label in enumerate(arm_labels):
-        rows = obs & (cohort.treated == a)
-        p, y, wa = oof[a][rows], cohort.y[rows], w[rows]
-        if binary:
-            cal, honest, _ = choose_calibrator(p, y, wa, seed=cfg.seed)
-            fitted.append(cal)
-            calibration[label] = assess(y, honest, wa, True, cal.method)
-            reliability[label] = (y, honest, wa)
-            oof[a] = cal.transform(oof[a])
-        else:
-            calibration[label] = assess(y, p, wa, False, "identity")
-            reliability[label] = (y, p, wa)
-    if binary:
-        calibrators = (fitted[0], fitted[1])
     step("calibration")
-    oof_benefit = oof[1] - oof[0]
 
-    blp = blp_test(cohort.y, cohort.treated, e, nuisance.mu0, nuisance.mu1, oof_benefit, w)
-    autoc = rate(oof_benefit, scores, "AUTOC", seed=cfg.seed)
-    qini = rate(oof_benefit, scores, "QINI", seed=cfg.seed)
-    groups = benefit_calibration_by_group(oof_benefit, scores)
+    blp = best.blp
+    # The chosen learner is the best of several on these data: Bonferroni-adjust its test.
+    p_het = min(1.0, blp.differential_forest_prediction.p_value * len(candidates))
+    autoc = rate(best.tau, scores, "AUTOC", seed=cfg.seed)
+    qini = rate(best.tau, scores, "QINI", seed=cfg.seed)
+    groups = benefit_calibration_by_group(best.tau, scores)
     step("heterogeneity evidence")
 
     alpha = pipeline.decision.alpha
-    if blp.heterogeneity_detected(alpha):
-        reason = (f"heterogeneity detected (BLP differential p = "
-                  f"{blp.differential_forest_prediction.p_value:.3g} < {alpha:g})")
-    elif blp.ate_detected(alpha):
-        reason = f"average effect reliably non-zero (p = {blp.ate_p_value:.3g} < {alpha:g})"
+    het = p_het < alpha
+    ate_reliable = blp.ate_detected(alpha)
+    detail = (f"BLP differential p = {p_het:.3g} after adjusting for {len(candidates)} "
+              f"candidate learners; average effect p = {blp.ate_p_value:.3g}")
+    if het:
+        reason = f"heterogeneity detected ({detail})"
+    elif ate_reliable:
+        reason = f"average effect reliably non-zero, no heterogeneity detected ({detail})"
     else:
-        reason = (f"no evidence of heterogeneity (BLP differential p = "
-                  f"{blp.differential_forest_prediction.p_value:.3g}) nor of an average "
-                  f"effect (p = {blp.ate_p_value:.3g})")
-    evidence = blp.heterogeneity_detected(alpha) or blp.ate_detected(alpha)
+        reason = f"no evidence of heterogeneity nor of an average effect ({detail})"
     rule = DecisionRule(
         treatment=pipeline.cohort.arm.treatment, control=pipeline.cohort.arm.control,
         margin=pipeline.decision.margin, level=cfg.interval_level, alpha=alpha,
-        evidence=evidence, evidence_reason=reason, binary=binary,
+        evidence=het or ate_reliable, evidence_reason=reason,
+        binary=pipeline.outcome.kind == "binary",
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)
@@ -253,19 +292,22 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     step("refit")
     ensemble = bootstrap_ensemble(learner, cohort, w, cfg.bootstrap, cfg.seed, step)
     model = PersonalizeModel(
-        pipeline=pipeline, learner=learner, calibrators=calibrators, ensemble=ensemble,
-        rule=rule, training_range=TrainingRange.of(cohort.X),
+        pipeline=pipeline, learner=learner, calibrators=best.arms.calibrators,
+        benefit_calibration=best.benefit_calibration, ensemble=ensemble, rule=rule,
+        training_range=TrainingRange.of(cohort.X),
         info={"learner": chosen, "cohort_sha256": cohort_hash(frame),
               "n_patients": len(cohort), "synthetic": pipeline.synthetic},
     )
     result = TrainResult(
         model=model, cohort=cohort, ipcw=ipcw, candidates=candidates, chosen=chosen,
-        calibration=calibration, reliability=reliability, blp=blp, autoc=autoc, qini=qini,
-        groups=groups, policy=policy_value(scores, oof_benefit > 0, seed=cfg.seed),
-        scores=scores, oof_benefit=oof_benefit,
+        calibration=best.arms.calibration, reliability=best.arms.reliability, blp=blp,
+        heterogeneity_p=p_het, autoc=autoc, qini=qini, groups=groups,
+        policy=policy_value(scores, best.tau > 0, seed=cfg.seed),
+        scores=scores, oof_benefit=best.tau,
     )
     result.importance = moderator_importance(model, cohort.X)
-    result.subgroups = subgroup_performance(pipeline, cohort, oof, w, scores, oof_benefit)
+    result.subgroups = subgroup_performance(pipeline, cohort, [best.arms.mu0, best.arms.mu1],
+                                            w, scores, best.tau)
     decisions = model.predict(frame, explain=0)["recommendation"]
     result.share_either = float((decisions == "either").mean())
     return result
@@ -273,10 +315,10 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
 
 def moderator_importance(model: PersonalizeModel, X: pd.DataFrame) -> dict[str, float]:
     """Global importance of each feature for the benefit: mean |driver| (calibrated scale)."""
-    c = model.contributions(X)
-    mean_abs = np.abs(c.benefit_phi).mean(axis=0)
+    names, _, phi = model.benefit_drivers(X)
+    mean_abs = np.abs(phi).mean(axis=0)
     order = np.argsort(-mean_abs, kind="stable")
-    return {c.names[j]: float(mean_abs[j]) for j in order}
+    return {names[j]: float(mean_abs[j]) for j in order}
 
 
 def subgroup_performance(pipeline: Pipeline, cohort: Cohort, oof: list[np.ndarray],

@@ -73,3 +73,9 @@ class BoostedArm:
 
 def booster_arm(model: lgb.LGBMModel, X: pd.DataFrame, classify: bool) -> BoostedArm:
     return BoostedArm(model, X, classify)
+
+
+def booster_value(model: lgb.LGBMModel, X: pd.DataFrame, classify: bool) -> np.ndarray:
+    """Prediction on the outcome scale without contributions (the fast path)."""
+    raw = raw_score(model, X)
+    return sigmoid(raw) if classify else raw

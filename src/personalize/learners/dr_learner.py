@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from personalize.learners.boosting import booster, booster_arm
+from personalize.learners.boosting import booster, booster_value
 from personalize.learners.pseudo_outcome import EffectRegressionLearner
 
 NUISANCE_FOLDS = 3
@@ -30,7 +30,7 @@ class DRLearner(EffectRegressionLearner):
                 rows = train[treated[train] == arm]
                 model = booster(classify, self.seed + arm).fit(
                     X.iloc[rows], y[rows], sample_weight=weight[rows])
-                mu[test, arm] = booster_arm(model, X.iloc[test], classify).value
+                mu[test, arm] = booster_value(model, X.iloc[test], classify)
         residual = np.where(treated == 1, (y - mu[:, 1]) / e, -(y - mu[:, 0]) / (1 - e))
         pseudo = mu[:, 1] - mu[:, 0] + residual
         c = treated == 0

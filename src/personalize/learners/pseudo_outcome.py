@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner
-from personalize.learners.boosting import booster_arm, tree_contributions
+from personalize.learners.boosting import booster_arm, booster_value, raw_score, tree_contributions
 
 
 class EffectRegressionLearner(EffectLearner):
@@ -30,9 +30,9 @@ class EffectRegressionLearner(EffectLearner):
         return phi, base
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        mu0 = booster_arm(self.control_model_, X, self.kind == "binary").value
-        phi, base = self._effect(X)
-        return mu0, mu0 + base + phi.sum(axis=1)
+        mu0 = booster_value(self.control_model_, X, self.kind == "binary")
+        tau = sum(share * raw_score(model, X) for share, model in self.effect_models_)
+        return mu0, mu0 + tau
 
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         arm0 = booster_arm(self.control_model_, X, self.kind == "binary")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner
-from personalize.learners.boosting import booster, booster_arm
+from personalize.learners.boosting import booster, booster_arm, booster_value
 
 ARM_COLUMN = "__treated__"
 
@@ -28,8 +28,8 @@ class SLearner(EffectLearner):
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         classify = self.kind == "binary"
-        return (booster_arm(self.model_, with_arm(X, 0), classify).value,
-                booster_arm(self.model_, with_arm(X, 1), classify).value)
+        return (booster_value(self.model_, with_arm(X, 0), classify),
+                booster_value(self.model_, with_arm(X, 1), classify))
 
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         classify = self.kind == "binary"

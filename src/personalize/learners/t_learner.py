@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner
-from personalize.learners.boosting import booster, booster_arm
+from personalize.learners.boosting import booster, booster_arm, booster_value
 
 
 class TLearner(EffectLearner):
@@ -26,8 +26,9 @@ class TLearner(EffectLearner):
         return self
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        arms = [booster_arm(m, X, self.kind == "binary") for m in self.models_]
-        return arms[0].value, arms[1].value
+        classify = self.kind == "binary"
+        return (booster_value(self.models_[0], X, classify),
+                booster_value(self.models_[1], X, classify))
 
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         a0, a1 = (booster_arm(m, X, self.kind == "binary") for m in self.models_)

@@ -8,7 +8,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from personalize.learners.boosting import booster, booster_arm
+from personalize.learners.boosting import booster, booster_value
 from personalize.learners.pseudo_outcome import EffectRegressionLearner
 
 
@@ -23,8 +23,8 @@ class XLearner(EffectRegressionLearner):
             X[~t], y[~t], sample_weight=weight[~t])
         treated_model = booster(classify, self.seed + 1).fit(
             X[t], y[t], sample_weight=weight[t])
-        imputed_t = y[t] - booster_arm(self.control_model_, X[t], classify).value
-        imputed_c = booster_arm(treated_model, X[~t], classify).value - y[~t]
+        imputed_t = y[t] - booster_value(self.control_model_, X[t], classify)
+        imputed_c = booster_value(treated_model, X[~t], classify) - y[~t]
         tau_t = booster(False, self.seed + 2).fit(X[t], imputed_t, sample_weight=weight[t])
         tau_c = booster(False, self.seed + 3).fit(X[~t], imputed_c, sample_weight=weight[~t])
         share_t = float(np.average(t, weights=weight))

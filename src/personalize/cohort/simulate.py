@@ -65,18 +65,15 @@ valid. Dropout is monotone: a patient missing at one visit is missing at every l
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy.special import expit, ndtr, ndtri
 
-__all__ = ["SCENARIOS", "SimulatedTrial", "simulate", "write_table"]
+__all__ = ["SCENARIOS", "SimulatedTrial", "simulate"]
 
 SCENARIOS: tuple[str, ...] = ("stamp", "stamp-null", "optimum")
 
@@ -750,33 +747,3 @@ def simulate(scenario: str, n: int | None = None, seed: int = 0) -> SimulatedTri
     allocation and dropout. Raises ``ValueError`` for an unknown scenario or a bad n/seed.
     """
     return _simulate_full(scenario, n, seed)[0]
-
-
-def write_table(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` as CSV or Parquet (by extension), atomically and deterministically.
-
-    The frame is written to a temporary file in the target's directory and renamed over the
-    target only when complete, so a failure never leaves a partial file. Equal frames give
-    byte-identical files.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise ValueError(f"{path}: unsupported extension {suffix!r}; use .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        if suffix == ".csv":
-            with open(tmp, "x", encoding="utf-8", newline="") as fh:
-                df.to_csv(fh, index=False, lineterminator="\n")
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            with open(tmp, "xb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

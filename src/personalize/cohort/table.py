@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 FORMATS = (".csv", ".parquet")
 
 
-class TableError(Exception):
+class TableError(ValueError):
     """A table that cannot be read or written; the message names the file and why."""
 
 
@@ -37,18 +39,25 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write atomically: a temporary file beside the target, renamed only when complete."""
+    """Write CSV or Parquet atomically and deterministically.
+
+    The frame goes to a temporary file in the target's directory and is renamed over the
+    target only when complete, so a failure never leaves a partial file. Equal frames give
+    byte-identical files.
+    """
     path = Path(path)
     fmt = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         if fmt == ".csv":
-            frame.to_csv(tmp, index=False, lineterminator="\n")
+            with open(tmp, "x", encoding="utf-8", newline="") as fh:
+                frame.to_csv(fh, index=False, lineterminator="\n")
         else:
-            frame.to_parquet(tmp, index=False, compression="zstd")
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            with open(tmp, "xb") as fh:
+                pq.write_table(table, fh, compression="zstd")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -60,16 +60,23 @@ def cross_calibrated(p: np.ndarray, y: np.ndarray, w: np.ndarray, method: Method
     return out
 
 
+# Isotonic regression needs a large calibration set to beat Platt without overfitting
+# (Niculescu-Mizil & Caruana 2005: it overfits below about a thousand rows); below this
+# many observed outcomes in an arm only Platt scaling is considered.
+MIN_ISOTONIC = 1000
+
+
 def choose_calibrator(p: np.ndarray, y: np.ndarray, w: np.ndarray,
                       seed: int = 0) -> tuple[ArmCalibrator, np.ndarray, dict[str, float]]:
     """Pick the method with the lower cross-validated Brier score; return it fitted on all
     rows, the honest (cross-calibrated) predictions, and each method's CV Brier."""
     scores: dict[str, float] = {}
     preds: dict[str, np.ndarray] = {}
-    for method in ("platt", "isotonic"):
+    methods: tuple[Method, ...] = ("platt", "isotonic") if len(p) >= MIN_ISOTONIC else ("platt",)
+    for method in methods:
         preds[method] = cross_calibrated(p, y, w, method, seed=seed)
         scores[method] = brier(y, preds[method], w)
-    best: Method = "platt" if scores["platt"] <= scores["isotonic"] else "isotonic"
+    best: Method = min(methods, key=lambda m: scores[m])
     return ArmCalibrator(best).fit(p, y, w), preds[best], scores
 
 

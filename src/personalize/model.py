@@ -20,6 +20,7 @@ from personalize.cohort.validate import NO_PREFERENCE, feature_frame
 from personalize.decision import DecisionRule
 from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
+from personalize.prognosis import Prognosis, split_arms
 
 OUTPUT_COLUMNS = [
     "outcome_control", "outcome_treatment", "benefit", "benefit_lower", "benefit_upper",
@@ -65,6 +66,9 @@ class PersonalizeModel:
     learner: EffectLearner
     calibrators: tuple[ArmCalibrator, ArmCalibrator] | None  # None: continuous outcome
     benefit_calibration: BenefitCalibration
+    prognosis: Prognosis
+    prognosis_calibrator: ArmCalibrator | None
+    allocation: float  # share randomized to treatment
     ensemble: list[EffectLearner]
     rule: DecisionRule
     training_range: TrainingRange
@@ -88,14 +92,13 @@ class PersonalizeModel:
         return p1 - p0
 
     def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Expected outcome under control and under treatment: each arm calibrated, then
-        moved symmetrically about their midpoint so that their difference is the
-        benefit-calibrated benefit."""
-        p0, p1 = self._calibrate(*self.learner.predict_arms(X))
-        mid = (p0 + p1) / 2
-        half = self.benefit_calibration.apply(p1 - p0) / 2
-        lo, hi = (0.0, 1.0) if self.binary else (-np.inf, np.inf)
-        return np.clip(mid - half, lo, hi), np.clip(mid + half, lo, hi)
+        """Expected outcome under control and under treatment: the calibrated prognosis
+        m(x) split by the calibrated benefit (see `prognosis`)."""
+        m = self.prognosis.predict(X)
+        if self.prognosis_calibrator is not None:
+            m = self.prognosis_calibrator.transform(m)
+        benefit = self.benefit_calibration.apply(self._raw_benefit(self.learner, X))
+        return split_arms(m, benefit, self.allocation, self.binary)
 
     def benefit_interval(self, X: pd.DataFrame,
                          benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ from personalize.evidence import (
 from personalize.learners import LEARNERS, EffectLearner, make_learner
 from personalize.missingness import IPCW, ipcw_weights
 from personalize.model import PersonalizeModel, TrainingRange
+from personalize.prognosis import Prognosis, split_arms
 
 NUISANCE = "t"  # outcome model behind the doubly-robust scores
 Step = Callable[[str], None]
@@ -178,45 +179,73 @@ def bootstrap_ensemble(learner: EffectLearner, cohort: Cohort, w: np.ndarray, si
     return members
 
 
+def honest_calibration(p: np.ndarray, y: np.ndarray, w: np.ndarray, rows: np.ndarray,
+                       folds: list[tuple[np.ndarray, np.ndarray]],
+                       seed: int) -> tuple[ArmCalibrator, np.ndarray]:
+    """Choose a calibrator on `rows` and return it with out-of-fold calibrated `p`: each
+    fold is calibrated by a map fitted on the other folds' rows, so no patient's own
+    outcome shapes their calibrated prediction (an in-sample map would leak it into the
+    benefit and fake heterogeneity)."""
+    cal, _, _ = choose_calibrator(p[rows], y[rows], w[rows], seed=seed)
+    honest = np.empty(len(p))
+    for train, test in folds:
+        r = train[rows[train]]
+        honest[test] = ArmCalibrator(cal.method).fit(p[r], y[r], w[r]).transform(p[test])
+    return cal, honest
+
+
 def calibrate_arms(pipeline: Pipeline, cohort: Cohort, w: np.ndarray, mu0: np.ndarray,
                    mu1: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> ArmFit:
-    """Per-arm calibration (binary outcomes): the method is chosen by cross-validated Brier
-    score, and the out-of-fold arms are calibrated fold by fold so that no patient's own
-    outcome shapes their calibrated prediction (an in-sample calibrator would leak it into
-    the benefit and fake heterogeneity). Continuous outcomes are assessed as they are."""
-    binary = pipeline.outcome.kind == "binary"
-    labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
-    obs = cohort.observed
-    fitted: list[ArmCalibrator] = []
-    calibration: dict[str, ArmCalibration] = {}
-    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    arms = [mu0.copy(), mu1.copy()]
-    for a, label in enumerate(labels):
-        rows = obs & (cohort.treated == a)
-        if binary:
-            cal, _, _ = choose_calibrator(arms[a][rows], cohort.y[rows], w[rows],
-                                          seed=pipeline.training.seed)
-            honest = np.empty(len(cohort))
-            for train, test in folds:
-                r = train[rows[train]]
-                honest[test] = ArmCalibrator(cal.method).fit(
-                    arms[a][r], cohort.y[r], w[r]).transform(arms[a][test])
-            fitted.append(cal)
-            arms[a] = honest
-        calibration[label] = assess(cohort.y[rows], arms[a][rows], w[rows], binary,
-                                    fitted[a].method if binary else "identity")
-        reliability[label] = (cohort.y[rows], arms[a][rows], w[rows])
-    calibrators = (fitted[0], fitted[1]) if binary else None
-    return ArmFit(calibrators, calibration, reliability, arms[0], arms[1])
+    """Per-arm calibration of a learner's arms (binary outcomes; continuous pass through)."""
+    if pipeline.outcome.kind != "binary":
+        return ArmFit(None, mu0, mu1)
+    fitted, arms = [], []
+    for a, mu in enumerate((mu0, mu1)):
+        rows = cohort.observed & (cohort.treated == a)
+        cal, honest = honest_calibration(mu, cohort.y, w, rows, folds, pipeline.training.seed)
+        fitted.append(cal)
+        arms.append(honest)
+    return ArmFit((fitted[0], fitted[1]), arms[0], arms[1])
 
 
 @dataclass
 class ArmFit:
     calibrators: tuple[ArmCalibrator, ArmCalibrator] | None
-    calibration: dict[str, ArmCalibration]
-    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     mu0: np.ndarray  # calibrated, out of fold
     mu1: np.ndarray
+
+
+def fit_prognosis(pipeline: Pipeline, cohort: Cohort, w: np.ndarray,
+                  folds: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[Prognosis, ArmCalibrator | None, np.ndarray]:
+    """The pooled prognostic model, its calibrator, and its honest out-of-fold m(x)."""
+    kind = pipeline.outcome.kind
+    obs = cohort.observed
+    m = np.empty(len(cohort))
+    for train, test in folds:
+        r = train[obs[train]]
+        m[test] = Prognosis(kind).fit(cohort.X.iloc[r], cohort.y[r], w[r]).predict(
+            cohort.X.iloc[test])
+    cal = None
+    if kind == "binary":
+        cal, m = honest_calibration(m, cohort.y, w, obs, folds, pipeline.training.seed)
+    final = Prognosis(kind).fit(cohort.X[obs], cohort.y[obs], w[obs])
+    return final, cal, m
+
+
+def assess_arms(pipeline: Pipeline, cohort: Cohort, w: np.ndarray, p0: np.ndarray,
+                p1: np.ndarray) -> tuple[dict[str, ArmCalibration],
+                                         dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per-arm calibration metrics and reliability data of out-of-fold predictions."""
+    binary = pipeline.outcome.kind == "binary"
+    labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
+    calibration, reliability = {}, {}
+    for a, (label, p) in enumerate(zip(labels, (p0, p1), strict=True)):
+        rows = cohort.observed & (cohort.treated == a)
+        method = "prognosis (platt) +/- benefit" if binary else "prognosis +/- benefit"
+        calibration[label] = assess(cohort.y[rows], p[rows], w[rows], binary, method)
+        reliability[label] = (cohort.y[rows], p[rows], w[rows])
+    return calibration, reliability
 
 
 def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> TrainResult:
@@ -259,6 +288,10 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         candidates[name] = cand
     chosen = min(candidates, key=lambda k: candidates[k].dr_loss)
     best = candidates[chosen]
+    prognosis, prognosis_cal, m_oof = fit_prognosis(pipeline, cohort, w, folds)
+    binary = pipeline.outcome.kind == "binary"
+    p0_oof, p1_oof = split_arms(m_oof, best.tau, e, binary)
+    calibration, reliability = assess_arms(pipeline, cohort, w, p0_oof, p1_oof)
     step("calibration")
 
     blp = best.blp
@@ -284,7 +317,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         treatment=pipeline.cohort.arm.treatment, control=pipeline.cohort.arm.control,
         margin=pipeline.decision.margin, level=cfg.interval_level, alpha=alpha,
         evidence=het or ate_reliable, evidence_reason=reason,
-        binary=pipeline.outcome.kind == "binary",
+        binary=binary,
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)
@@ -293,21 +326,22 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     ensemble = bootstrap_ensemble(learner, cohort, w, cfg.bootstrap, cfg.seed, step)
     model = PersonalizeModel(
         pipeline=pipeline, learner=learner, calibrators=best.arms.calibrators,
-        benefit_calibration=best.benefit_calibration, ensemble=ensemble, rule=rule,
+        benefit_calibration=best.benefit_calibration, prognosis=prognosis,
+        prognosis_calibrator=prognosis_cal, allocation=e, ensemble=ensemble, rule=rule,
         training_range=TrainingRange.of(cohort.X),
         info={"learner": chosen, "cohort_sha256": cohort_hash(frame),
               "n_patients": len(cohort), "synthetic": pipeline.synthetic},
     )
     result = TrainResult(
         model=model, cohort=cohort, ipcw=ipcw, candidates=candidates, chosen=chosen,
-        calibration=best.arms.calibration, reliability=best.arms.reliability, blp=blp,
+        calibration=calibration, reliability=reliability, blp=blp,
         heterogeneity_p=p_het, autoc=autoc, qini=qini, groups=groups,
         policy=policy_value(scores, best.tau > 0, seed=cfg.seed),
         scores=scores, oof_benefit=best.tau,
     )
     result.importance = moderator_importance(model, cohort.X)
-    result.subgroups = subgroup_performance(pipeline, cohort, [best.arms.mu0, best.arms.mu1],
-                                            w, scores, best.tau)
+    result.subgroups = subgroup_performance(pipeline, cohort, [p0_oof, p1_oof], w, scores,
+                                            best.tau)
     decisions = model.predict(frame, explain=0)["recommendation"]
     result.share_either = float((decisions == "either").mean())
     return result

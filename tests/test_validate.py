@@ -104,6 +104,8 @@ def test_clean_cohort_is_valid_and_reports_counts(pipeline: Pipeline) -> None:
          "pain_m6", "too few observed outcomes in arm B: 0 < 10", None),
         (lambda f: f.assign(pain=f["pain"].where(f.index != 0, np.nan), pain_m6=5.0),
          "pain_m6", "follow-up present where baseline pain is missing", ["P000"]),
+        (lambda f: f.assign(pain_m6=np.where(f["arm"] == "A", f["pain"], f["pain_m6"])),
+         "pain_m6", "too few responders in arm A: 0 < 5", None),
         (lambda f: f.assign(pain=f["pain"].where(f.index != 1, 0.0)),
          "pain", "a relative reduction needs a baseline above 0", ["P001"]),
         (lambda f: f.assign(pain_m6=f["pain_m6"].astype(object).where(f.index != 12, "n/a")),

@@ -15,6 +15,7 @@ import pandas as pd
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 
 SHOW_ROWS = 5
+MIN_CLASS = 5  # responders and non-responders needed per arm for a binary outcome
 NO_PREFERENCE = "none"
 
 
@@ -212,13 +213,21 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
         report.observed_counts = {
             label: int((observed & (arm == label)).sum()) for label in arm_spec.labels
         }
+        outcome_col = pipeline.outcome.followup or pipeline.outcome.column or "outcome"
         for label, n in report.observed_counts.items():
             if report.arm_counts.get(label, 0) and n < rules.min_observed_per_arm:
                 add(Problem(
-                    pipeline.outcome.followup or pipeline.outcome.column or "outcome",
+                    outcome_col,
                     f"too few observed outcomes in arm {label}: {n} < "
                     f"{rules.min_observed_per_arm} (validation.min_observed_per_arm)",
                 ))
+            elif pipeline.outcome.kind == "binary" and n:
+                responders = int(((arm == label) & (y == 1)).sum())
+                for what, count in (("responders", responders),
+                                    ("non-responders", n - responders)):
+                    if count < MIN_CLASS:
+                        add(Problem(outcome_col, f"too few {what} in arm {label}: {count} < "
+                                    f"{MIN_CLASS}; the arm's outcome cannot be modelled"))
     return report
 
 

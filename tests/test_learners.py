@@ -12,16 +12,19 @@ from personalize.learners.base import rescale
 N = 1500
 
 
-def trial(kind: str, seed: int = 0, null: bool = False) -> tuple[pd.DataFrame, np.ndarray,
-                                                                  np.ndarray, np.ndarray]:
+def trial(
+    kind: str, seed: int = 0, null: bool = False
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """A randomized trial whose benefit grows with `mod` and with category 'b'."""
     rng = np.random.default_rng(seed)
-    X = pd.DataFrame({
-        "mod": rng.normal(size=N),
-        "prog": rng.normal(size=N),
-        "noise": rng.normal(size=N),
-        "cat": pd.Categorical(rng.choice(["a", "b", "c"], N), categories=["a", "b", "c"]),
-    })
+    X = pd.DataFrame(
+        {
+            "mod": rng.normal(size=N),
+            "prog": rng.normal(size=N),
+            "noise": rng.normal(size=N),
+            "cat": pd.Categorical(rng.choice(["a", "b", "c"], N), categories=["a", "b", "c"]),
+        }
+    )
     X.loc[rng.random(N) < 0.1, "noise"] = np.nan
     treated = (rng.random(N) < 0.5).astype(np.int8)
     tau = 0.0 if null else 0.8 * X["mod"].to_numpy() + 0.6 * (X["cat"] == "b").to_numpy()
@@ -45,8 +48,7 @@ def test_contributions_are_exact_and_benefit_is_difference(name: str, kind: str)
     np.testing.assert_allclose(c.base0 + c.phi0.sum(axis=1), mu0, atol=1e-9)
     np.testing.assert_allclose(c.base1 + c.phi1.sum(axis=1), mu1, atol=1e-9)
     np.testing.assert_allclose(learner.benefit(test), mu1 - mu0)
-    np.testing.assert_allclose(c.benefit_base + c.benefit_phi.sum(axis=1), mu1 - mu0,
-                               atol=1e-9)
+    np.testing.assert_allclose(c.benefit_base + c.benefit_phi.sum(axis=1), mu1 - mu0, atol=1e-9)
     if kind == "binary":
         assert ((mu0 >= 0) & (mu0 <= 1)).all()
 

@@ -39,11 +39,18 @@ def result(stamp: Pipeline) -> training.TrainResult:
 
 @pytest.fixture(scope="module")
 def continuous(stamp: Pipeline) -> training.TrainResult:
-    outcome = stamp.outcome.model_copy(update={
-        "kind": "continuous", "baseline": "bpi_severity", "followup": "bpi_severity_m6",
-        "responder": None, "label": None})
-    pipeline = small(stamp, outcome=outcome,
-                     decision=stamp.decision.model_copy(update={"margin": 0.5}))
+    outcome = stamp.outcome.model_copy(
+        update={
+            "kind": "continuous",
+            "baseline": "bpi_severity",
+            "followup": "bpi_severity_m6",
+            "responder": None,
+            "label": None,
+        }
+    )
+    pipeline = small(
+        stamp, outcome=outcome, decision=stamp.decision.model_copy(update={"margin": 0.5})
+    )
     return training.fit(pipeline, simulate("stamp", 400, 3).cohort)
 
 
@@ -137,7 +144,8 @@ def test_card_dict_is_json_without_nan(result: training.TrainResult) -> None:
     assert set(card["calibration"]["arms"]) == {"MBT", "CBT"}
     assert card["population"]["n_patients"] == 400
     assert {f["name"] for f in card["population"]["features"]} == set(
-        result.model.pipeline.features)
+        result.model.pipeline.features
+    )
     assert len(card["subgroups"]["rows"]) == len(result.subgroups)
 
 
@@ -171,10 +179,20 @@ def test_markdown_card_contents(result: training.TrainResult) -> None:
     assert first == report.SYNTHETIC_BANNER
     pipeline = result.model.pipeline
     assert pipeline.outcome.describe() in md
-    for section in ("## Intended use", "## Population", "## Outcome", "## Data source",
-                    "## Missing outcomes", "## Learners compared", "## Calibration",
-                    "## Heterogeneity evidence", "## Decision rule", "## Explanations",
-                    "## Subgroup performance", "## Limitations"):
+    for section in (
+        "## Intended use",
+        "## Population",
+        "## Outcome",
+        "## Data source",
+        "## Missing outcomes",
+        "## Learners compared",
+        "## Calibration",
+        "## Heterogeneity evidence",
+        "## Decision rule",
+        "## Explanations",
+        "## Subgroup performance",
+        "## Limitations",
+    ):
         assert section in md
     assert "not a substitute for clinical judgment" in md
     for arm, cal in result.calibration.items():
@@ -209,8 +227,7 @@ def test_real_data_card_has_no_banner(result: training.TrainResult) -> None:
 
 
 def test_complete_case_is_stated(result: training.TrainResult) -> None:
-    cc = dataclasses.replace(result, ipcw=dataclasses.replace(result.ipcw,
-                                                              method="complete_case"))
+    cc = dataclasses.replace(result, ipcw=dataclasses.replace(result.ipcw, method="complete_case"))
     md = report.model_card(cc, **card_args())
     assert "Complete-case analysis" in md
     assert "missing completely at random" in md

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.slow
 def small(name: str = "stamp", **gates: object) -> Pipeline:
     spec = load_pipeline(f"pipelines/{name}.yaml")
     update: dict[str, object] = {
-        "training": spec.training.model_copy(update={"bootstrap": 10,
-                                                     "learners": ["t", "effect_linear"]}),
+        "training": spec.training.model_copy(
+            update={"bootstrap": 10, "learners": ["t", "effect_linear"]}
+        ),
         "name": f"{spec.name}-{uuid.uuid4().hex[:6]}",
     }
     if gates:
@@ -59,18 +60,33 @@ def test_train_registers_a_candidate_with_everything_logged(uri: str, cohort) ->
     assert run.info.status == "FINISHED"
     assert run.data.tags["synthetic"] == "true" and run.data.tags["missing"] == "ipcw"
     assert run.data.tags["cohort_sha256"] == training.cohort_hash(cohort)
-    for key in ("blp_differential_p_value", "heterogeneity_p_adjusted", "autoc_estimate",
-                "calibration_MBT_brier", "candidate_t_dr_loss", "ipcw_effective_sample_size"):
+    for key in (
+        "blp_differential_p_value",
+        "heterogeneity_p_adjusted",
+        "autoc_estimate",
+        "calibration_MBT_brier",
+        "candidate_t_dr_loss",
+        "ipcw_effective_sample_size",
+    ):
         assert key in run.data.metrics, key
     assert run.data.params["outcome.followup"] == "bpi_severity_m6"
     artifacts = {a.path for a in client.list_artifacts(reg.run_id)}
-    assert {"model_card.md", "model_card.json", "validation_report.json", "evidence.json",
-            "package_versions.json", "pipeline.json", "plots"} <= artifacts
+    assert {
+        "model_card.md",
+        "model_card.json",
+        "validation_report.json",
+        "evidence.json",
+        "package_versions.json",
+        "pipeline.json",
+        "plots",
+    } <= artifacts
     plots = {a.path for a in client.list_artifacts(reg.run_id, "plots")}
     assert "plots/reliability.png" in plots and "plots/toc.png" in plots
-    card = Path(mlflow.artifacts.download_artifacts(run_id=reg.run_id,
-                                                    artifact_path="model_card.md",
-                                                    tracking_uri=uri)).read_text()
+    card = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=reg.run_id, artifact_path="model_card.md", tracking_uri=uri
+        )
+    ).read_text()
     assert "SYNTHETIC" in card and f"| Version | {reg.version} |" in card
     mv = client.get_model_version_by_alias(spec.registry.model_name, "candidate")
     assert str(mv.version) == reg.version == "1"
@@ -88,7 +104,9 @@ def test_train_registers_a_candidate_with_everything_logged(uri: str, cohort) ->
 
     again = tracking.train(spec, cohort, uri)
     assert again.version == "2"
-    assert str(client.get_model_version_by_alias(spec.registry.model_name, "candidate").version) == "2"
+    assert (
+        str(client.get_model_version_by_alias(spec.registry.model_name, "candidate").version) == "2"
+    )
 
 
 def test_invalid_cohort_fails_the_run_and_registers_nothing(uri: str, cohort) -> None:
@@ -100,15 +118,20 @@ def test_invalid_cohort_fails_the_run_and_registers_nothing(uri: str, cohort) ->
     exp = client.get_experiment_by_name(spec.name)
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED"
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="validation_report.json",
-        tracking_uri=uri)).read_text())
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="validation_report.json", tracking_uri=uri
+            )
+        ).read_text()
+    )
     assert report["ok"] is False
     assert client.search_model_versions(f"name = '{spec.registry.model_name}'") == []
 
 
-def test_exception_midway_fails_the_run_and_registers_nothing(uri: str, cohort,
-                                                             monkeypatch) -> None:
+def test_exception_midway_fails_the_run_and_registers_nothing(
+    uri: str, cohort, monkeypatch
+) -> None:
     spec = small()
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -143,8 +166,9 @@ def test_promote_moves_champion_only_through_the_gates(uri: str, cohort) -> None
 
 def test_complete_case_runs_are_tagged(uri: str, cohort) -> None:
     spec = small()
-    spec = spec.model_copy(update={"outcome": spec.outcome.model_copy(
-        update={"missing": "complete_case"})})
+    spec = spec.model_copy(
+        update={"outcome": spec.outcome.model_copy(update={"missing": "complete_case"})}
+    )
     reg = tracking.train(spec, cohort, uri)
     tags = MlflowClient(uri).get_run(reg.run_id).data.tags
     assert tags["complete_case"] == "true" and tags["missing"] == "complete_case"
@@ -154,8 +178,10 @@ def test_cli_train_json_and_promote(tmp_path: Path, uri: str) -> None:
     path = tmp_path / "cohort.parquet"
     write_table(simulate("optimum", 451, 3).cohort, path)
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "pipelines/optimum.yaml", "--cohort", str(path),
-                                 "--tracking-uri", uri, "--json"])
+    result = runner.invoke(
+        app,
+        ["train", "pipelines/optimum.yaml", "--cohort", str(path), "--tracking-uri", uri, "--json"],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["model_name"] == "personalize-optimum" and summary["version"] == "1"
@@ -164,8 +190,9 @@ def test_cli_train_json_and_promote(tmp_path: Path, uri: str) -> None:
     assert result.exit_code == 1 and "no model version" in result.output
     bad = tmp_path / "bad.parquet"
     write_table(simulate("optimum", 451, 3).cohort.assign(group="usual_care"), bad)
-    result = runner.invoke(app, ["train", "pipelines/optimum.yaml", "--cohort", str(bad),
-                                 "--tracking-uri", uri])
+    result = runner.invoke(
+        app, ["train", "pipelines/optimum.yaml", "--cohort", str(bad), "--tracking-uri", uri]
+    )
     assert result.exit_code == 1
     assert "only one arm present" in result.output and "nothing registered" in result.output
 
@@ -203,10 +230,24 @@ def postgres_server(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"{PG}/{db}", "--artifacts-destination",
-         str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"{PG}/{db}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -229,13 +270,14 @@ def postgres_server(tmp_path: Path) -> Iterator[str]:
         admin.close()
 
 
-def test_training_against_a_postgres_backed_tracking_server(postgres_server: str,
-                                                            cohort) -> None:
+def test_training_against_a_postgres_backed_tracking_server(postgres_server: str, cohort) -> None:
     spec = small()
     reg = tracking.train(spec, cohort, postgres_server)
     client = MlflowClient(postgres_server)
     assert client.get_run(reg.run_id).info.status == "FINISHED"
-    assert str(client.get_model_version_by_alias(spec.registry.model_name, "candidate").version) == "1"
+    assert (
+        str(client.get_model_version_by_alias(spec.registry.model_name, "candidate").version) == "1"
+    )
     model = tracking.load_model(f"models:/{spec.registry.model_name}@candidate", postgres_server)
     pred = model.predict(simulate("stamp", 5, 1).cohort)
     assert np.isfinite(pred["benefit"]).all()

@@ -73,8 +73,11 @@ def test_null_says_no_reliable_difference(null, heldout) -> None:
     assert not null.blp.ate_detected(0.05)
     assert (pred["recommendation"] == "either").mean() >= 0.9
     either = pred[pred["recommendation"] == "either"]
-    assert either["rationale"].str.startswith(
-        "no reliable difference: follow patient preference").all()
+    assert (
+        either["rationale"]
+        .str.startswith("no reliable difference: follow patient preference")
+        .all()
+    )
     stated = test.cohort["treatment_preference"].loc[either.index]
     with_pref = stated != "none"
     assert either["rationale"][with_pref].str.contains("stated preference: ").all()
@@ -86,8 +89,11 @@ def calibration_slope(p: np.ndarray, p_true: np.ndarray) -> tuple[float, float]:
     n = len(p)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = LogisticRegression(C=1e6).fit(np.r_[lp, lp][:, None], np.r_[np.ones(n), np.zeros(n)],
-                                            sample_weight=np.r_[p_true, 1 - p_true])
+        fit = LogisticRegression(C=1e6).fit(
+            np.r_[lp, lp][:, None],
+            np.r_[np.ones(n), np.zeros(n)],
+            sample_weight=np.r_[p_true, 1 - p_true],
+        )
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
@@ -108,7 +114,7 @@ def test_drivers_sum_exactly_to_the_benefit(stamp, heldout) -> None:
     frame.loc[frame.index[:50], ["phq8", "mme"]] = np.nan  # missing covariates allowed
     frame.loc[frame.index[50:80], "treatment_preference"] = None
     X = stamp.model.features(frame)
-    names, base, phi = stamp.model.benefit_drivers(X)
+    _names, base, phi = stamp.model.benefit_drivers(X)
     p0, p1 = stamp.model.arms(X)
     np.testing.assert_allclose(base + phi.sum(axis=1), p1 - p0, atol=1e-9)
     pred = stamp.model.predict(frame, explain=3)
@@ -178,8 +184,9 @@ def test_ipcw_weights_and_complete_case() -> None:
     assert result.ipcw.effective_sample_size < observed.sum()
     assert np.isclose(w.sum(), len(frame))
     spec = pipeline("stamp", bootstrap=10, learners=["t"])
-    cc = spec.model_copy(update={"outcome": spec.outcome.model_copy(
-        update={"missing": "complete_case"})})
+    cc = spec.model_copy(
+        update={"outcome": spec.outcome.model_copy(update={"missing": "complete_case"})}
+    )
     result = training.fit(cc, frame)
     assert set(np.unique(result.ipcw.weights)) == {0.0, 1.0}
     assert result.ipcw.method == "complete_case"

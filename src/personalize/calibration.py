@@ -50,8 +50,9 @@ class ArmCalibrator:
         return p
 
 
-def cross_calibrated(p: np.ndarray, y: np.ndarray, w: np.ndarray, method: Method,
-                     folds: int = 5, seed: int = 0) -> np.ndarray:
+def cross_calibrated(
+    p: np.ndarray, y: np.ndarray, w: np.ndarray, method: Method, folds: int = 5, seed: int = 0
+) -> np.ndarray:
     """Calibrated predictions where each row's calibrator never saw that row."""
     out = np.empty_like(p)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -66,8 +67,9 @@ def cross_calibrated(p: np.ndarray, y: np.ndarray, w: np.ndarray, method: Method
 MIN_ISOTONIC = 1000
 
 
-def choose_calibrator(p: np.ndarray, y: np.ndarray, w: np.ndarray,
-                      seed: int = 0) -> tuple[ArmCalibrator, np.ndarray, dict[str, float]]:
+def choose_calibrator(
+    p: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int = 0
+) -> tuple[ArmCalibrator, np.ndarray, dict[str, float]]:
     """Pick the method with the lower cross-validated Brier score; return it fitted on all
     rows, the honest (cross-calibrated) predictions, and each method's CV Brier."""
     scores: dict[str, float] = {}
@@ -96,8 +98,9 @@ def ece(y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10) -> float:
     return float(err)
 
 
-def reliability_bins(y: np.ndarray, p: np.ndarray, w: np.ndarray,
-                     bins: int = 10) -> list[dict[str, float]]:
+def reliability_bins(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10
+) -> list[dict[str, float]]:
     """Quantile bins of predicted probability: mean predicted vs observed (weighted)."""
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
     idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
@@ -105,9 +108,13 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, w: np.ndarray,
     for b in range(len(edges) - 1):
         m = idx == b
         if w[m].sum() > 0:
-            rows.append({"predicted": float(np.average(p[m], weights=w[m])),
-                         "observed": float(np.average(y[m], weights=w[m])),
-                         "n": int(m.sum())})
+            rows.append(
+                {
+                    "predicted": float(np.average(p[m], weights=w[m])),
+                    "observed": float(np.average(y[m], weights=w[m])),
+                    "n": int(m.sum()),
+                }
+            )
     return rows
 
 
@@ -125,22 +132,24 @@ class ArmCalibration:
         return self.__dict__.copy()
 
 
-def assess(y: np.ndarray, p: np.ndarray, w: np.ndarray, binary: bool,
-           method: str) -> ArmCalibration:
+def assess(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, binary: bool, method: str
+) -> ArmCalibration:
     """Calibration intercept and slope: logistic recalibration of y on logit(p) for binary
     outcomes (ideal 0 and 1), linear regression of y on the prediction for continuous."""
     if binary:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = LogisticRegression(C=1e6, max_iter=1000).fit(
-                logit(p)[:, None], y.astype(int), sample_weight=w)
+                logit(p)[:, None], y.astype(int), sample_weight=w
+            )
         slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-        return ArmCalibration(method, brier(y, p, w), ece(y, p, w), None, intercept, slope,
-                              len(y))
+        return ArmCalibration(method, brier(y, p, w), ece(y, p, w), None, intercept, slope, len(y))
     lin = LinearRegression().fit(p[:, None], y, sample_weight=w)
     rmse = float(np.sqrt(np.average((y - p) ** 2, weights=w)))
-    return ArmCalibration(method, None, None, rmse, float(lin.intercept_),
-                          float(lin.coef_[0]), len(y))
+    return ArmCalibration(
+        method, None, None, rmse, float(lin.intercept_), float(lin.coef_[0]), len(y)
+    )
 
 
 @dataclass(frozen=True)
@@ -163,8 +172,9 @@ class BenefitCalibration:
     MAX_SLOPE = 2.0
 
     @classmethod
-    def from_blp(cls, ate: float, ate_se: float, slope: float, slope_se: float,
-                 center: float) -> BenefitCalibration:
+    def from_blp(
+        cls, ate: float, ate_se: float, slope: float, slope_se: float, center: float
+    ) -> BenefitCalibration:
         raw = slope if np.isfinite(slope) else 0.0
         se = slope_se if np.isfinite(slope_se) else 0.0
         return cls(ate, ate_se, float(np.clip(raw, 0.0, cls.MAX_SLOPE)), se, center, raw)
@@ -178,5 +188,11 @@ class BenefitCalibration:
         return self.ate_se**2 + (tau - self.center) ** 2 * slope_var
 
     def to_dict(self) -> dict[str, float]:
-        return {"ate": self.ate, "ate_se": self.ate_se, "slope": self.slope,
-                "slope_se": self.slope_se, "center": self.center, "raw_slope": self.raw_slope}
+        return {
+            "ate": self.ate,
+            "ate_se": self.ate_se,
+            "slope": self.slope,
+            "slope_se": self.slope_se,
+            "center": self.center,
+            "raw_slope": self.raw_slope,
+        }

@@ -30,8 +30,13 @@ class DecisionRule:
     def _amount(self, value: float) -> str:
         return f"{abs(value) * 100:.0f} percentage points" if self.binary else f"{abs(value):.2f}"
 
-    def decide(self, benefit: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-               preference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decide(
+        self,
+        benefit: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        preference: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per patient: recommendation (treatment label, control label or "either") and a
         plain-language rationale."""
         n = len(benefit)
@@ -51,19 +56,26 @@ class DecisionRule:
                 elif lower[i] <= 0 <= upper[i]:
                     reason += f" (the {pct} interval for this patient includes no difference)"
                 else:
-                    reason += (f" (the expected difference is below the "
-                               f"{self._amount(self.margin)} margin)")
+                    reason += (
+                        f" (the expected difference is below the "
+                        f"{self._amount(self.margin)} margin)"
+                    )
                 pref = None if preference is None else preference[i]
                 if pref is not None and pref == pref and str(pref) not in ("", "none"):
                     reason += f"; stated preference: {pref}"
                 why[i] = reason
             else:
-                better, worse = ((self.treatment, self.control) if rec[i] == self.treatment
-                                 else (self.control, self.treatment))
-                why[i] = (f"{better} is expected to give a higher {what} than {worse} by "
-                          f"{self._amount(benefit[i])} ({pct} interval for {self.treatment} "
-                          f"minus {self.control}: {self._signed(lower[i])} to "
-                          f"{self._signed(upper[i])})")
+                better, worse = (
+                    (self.treatment, self.control)
+                    if rec[i] == self.treatment
+                    else (self.control, self.treatment)
+                )
+                why[i] = (
+                    f"{better} is expected to give a higher {what} than {worse} by "
+                    f"{self._amount(benefit[i])} ({pct} interval for {self.treatment} "
+                    f"minus {self.control}: {self._signed(lower[i])} to "
+                    f"{self._signed(upper[i])})"
+                )
         return rec, why
 
     def _signed(self, value: float) -> str:

@@ -30,8 +30,13 @@ class IPCW:
         return out
 
 
-def ipcw_weights(X: pd.DataFrame, treated: np.ndarray, observed: np.ndarray,
-                 method: str = "ipcw", clip: float = 10.0) -> IPCW:
+def ipcw_weights(
+    X: pd.DataFrame,
+    treated: np.ndarray,
+    observed: np.ndarray,
+    method: str = "ipcw",
+    clip: float = 10.0,
+) -> IPCW:
     """Model P(observed | baseline, arm) with a penalized logistic regression (main effects
     and arm interactions), weight complete cases by its inverse, clip extreme weights and
     rescale so the weights sum to the cohort size. `complete_case` gives unit weights."""
@@ -44,8 +49,7 @@ def ipcw_weights(X: pd.DataFrame, treated: np.ndarray, observed: np.ndarray,
     Z = LinearDesign().fit(X, ones).transform(X)
     a = treated.astype(float)[:, None]
     design = np.hstack([Z, a, a * Z])
-    model = LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, scoring="neg_log_loss",
-                                 max_iter=2000)
+    model = LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, scoring="neg_log_loss", max_iter=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model.fit(design, obs.astype(int))

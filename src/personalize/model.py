@@ -23,8 +23,15 @@ from personalize.learners.base import rescale
 from personalize.prognosis import Prognosis, split_arms
 
 OUTPUT_COLUMNS = [
-    "outcome_control", "outcome_treatment", "benefit", "benefit_lower", "benefit_upper",
-    "recommendation", "rationale", "drivers", "warnings",
+    "outcome_control",
+    "outcome_treatment",
+    "benefit",
+    "benefit_lower",
+    "benefit_upper",
+    "recommendation",
+    "rationale",
+    "drivers",
+    "warnings",
 ]
 
 
@@ -51,8 +58,10 @@ class TrainingRange:
         for name, (lo, hi) in self.numeric.items():
             values = X[name].to_numpy(dtype=float)
             for i in np.flatnonzero((values < lo) | (values > hi)):
-                out[i].append(f"{name}={values[i]:g} is outside the training data's range "
-                              f"[{lo:g}, {hi:g}]; the estimate is an extrapolation")
+                out[i].append(
+                    f"{name}={values[i]:g} is outside the training data's range "
+                    f"[{lo:g}, {hi:g}]; the estimate is an extrapolation"
+                )
         for name, seen in self.levels.items():
             col = X[name].astype(object)
             for i in np.flatnonzero(col.notna().to_numpy() & ~col.isin(seen).to_numpy()):
@@ -100,8 +109,9 @@ class PersonalizeModel:
         benefit = self.benefit_calibration.apply(self._raw_benefit(self.learner, X))
         return split_arms(m, benefit, self.allocation, self.binary)
 
-    def benefit_interval(self, X: pd.DataFrame,
-                         benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def benefit_interval(
+        self, X: pd.DataFrame, benefit: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """benefit +- z * sd, where sd combines the bootstrap variance of the learner's
         prediction (scaled by the benefit slope) and the uncertainty of the benefit
         calibration's average effect and slope."""
@@ -123,8 +133,12 @@ class PersonalizeModel:
             mu0 = raw.base0 + raw.phi0.sum(axis=1)
             mu1 = raw.base1 + raw.phi1.sum(axis=1)
             c0, c1 = self.calibrators
-            raw = raw.map_arms(c0.transform(mu0), c0.transform(raw.base0),
-                               c1.transform(mu1), c1.transform(raw.base1))
+            raw = raw.map_arms(
+                c0.transform(mu0),
+                c0.transform(raw.base0),
+                c1.transform(mu1),
+                c1.transform(raw.base1),
+            )
         bc = self.benefit_calibration
         base = bc.ate + bc.slope * (raw.benefit_base - bc.center)
         phi = bc.slope * raw.benefit_phi
@@ -139,14 +153,24 @@ class PersonalizeModel:
         pref_col = self.pipeline.cohort.preference
         pref = None
         if pref_col and pref_col in frame.columns:
-            pref = frame[pref_col].astype(object).where(frame[pref_col].notna(),
-                                                        NO_PREFERENCE).to_numpy()
+            pref = (
+                frame[pref_col]
+                .astype(object)
+                .where(frame[pref_col].notna(), NO_PREFERENCE)
+                .to_numpy()
+            )
         rec, why = self.rule.decide(benefit, lower, upper, pref)
-        result = pd.DataFrame({
-            "outcome_control": p0, "outcome_treatment": p1, "benefit": benefit,
-            "benefit_lower": lower, "benefit_upper": upper,
-            "recommendation": rec, "rationale": why,
-        })
+        result = pd.DataFrame(
+            {
+                "outcome_control": p0,
+                "outcome_treatment": p1,
+                "benefit": benefit,
+                "benefit_lower": lower,
+                "benefit_upper": upper,
+                "recommendation": rec,
+                "rationale": why,
+            }
+        )
         result["drivers"] = [json.dumps(d) for d in self.drivers(X, explain)]
         result["warnings"] = [json.dumps(w) for w in self.training_range.warnings(X)]
         id_col = self.pipeline.cohort.id
@@ -169,13 +193,15 @@ class PersonalizeModel:
                 contrib = float(phi[i, j])
                 if contrib == 0:
                     continue
-                row.append({
-                    "feature": name,
-                    "label": self._label(name),
-                    "value": value,
-                    "contribution": contrib,
-                    "direction": f"favours {t}" if contrib > 0 else f"favours {ctrl}",
-                })
+                row.append(
+                    {
+                        "feature": name,
+                        "label": self._label(name),
+                        "value": value,
+                        "contribution": contrib,
+                        "direction": f"favours {t}" if contrib > 0 else f"favours {ctrl}",
+                    }
+                )
             out.append(row)
         return out
 
@@ -193,12 +219,20 @@ class PersonalizeModel:
         schema: dict[str, dict[str, Any]] = {}
         for name, spec in self.pipeline.features.items():
             if isinstance(spec, CategoricalFeature):
-                schema[name] = {"type": "categorical", "levels": spec.levels,
-                                "label": spec.label or name}
+                schema[name] = {
+                    "type": "categorical",
+                    "levels": spec.levels,
+                    "label": spec.label or name,
+                }
             else:
-                schema[name] = {"type": "numeric", "min": spec.min, "max": spec.max,
-                                "label": spec.label or name, "unit": spec.unit,
-                                "observed": self.training_range.numeric.get(name)}
+                schema[name] = {
+                    "type": "numeric",
+                    "min": spec.min,
+                    "max": spec.max,
+                    "label": spec.label or name,
+                    "unit": spec.unit,
+                    "observed": self.training_range.numeric.get(name),
+                }
         return schema
 
 

@@ -47,8 +47,9 @@ class Prognosis:
         return np.asarray(self.model_.predict(Z), dtype=float)
 
 
-def split_arms(m: np.ndarray, benefit: np.ndarray, e: float,
-               binary: bool) -> tuple[np.ndarray, np.ndarray]:
+def split_arms(
+    m: np.ndarray, benefit: np.ndarray, e: float, binary: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-arm outcomes whose allocation-weighted mean is m and whose difference is the
     benefit (probabilities are kept within [0, 1])."""
     p0 = m - e * benefit

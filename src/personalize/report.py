@@ -69,12 +69,16 @@ LEARNER_DESCRIPTIONS = {
     "x": "X-learner (Künzel et al. 2019) over LightGBM",
     "dr": "DR-learner (Kennedy 2023): LightGBM on doubly-robust pseudo-outcomes",
     "effect_linear": "PATH effect model: penalized regression with treatment-by-covariate "
-                     "interactions",
+    "interactions",
     "risk_linear": "PATH risk model: baseline-risk regression with a constant relative effect",
 }
 LEARNER_SHORT = {
-    "t": "T-learner", "s": "S-learner", "x": "X-learner", "dr": "DR-learner",
-    "effect_linear": "PATH effect model (linear)", "risk_linear": "PATH risk model (linear)",
+    "t": "T-learner",
+    "s": "S-learner",
+    "x": "X-learner",
+    "dr": "DR-learner",
+    "effect_linear": "PATH effect model (linear)",
+    "risk_linear": "PATH risk model (linear)",
 }
 LINEAR_LEARNERS = {"effect_linear", "risk_linear"}
 ARM_DRIVER_LABEL = "Treatment arm itself (same for every patient)"
@@ -196,12 +200,27 @@ def _figure(result: TrainResult, width: float, height: float) -> Figure:
     # constrained layout keeps axes labels and outside legends clear of it
     fig.supxlabel("footer", fontsize=10, color="none")
     pipeline = result.model.pipeline
-    fig.text(0.01, 0.012, f"{pipeline.name} · learner {result.chosen} · "
-             f"n = {len(result.cohort)} patients · personalize {__version__}",
-             ha="left", va="bottom", fontsize=7.5, color="#666666")
+    fig.text(
+        0.01,
+        0.012,
+        f"{pipeline.name} · learner {result.chosen} · "
+        f"n = {len(result.cohort)} patients · personalize {__version__}",
+        ha="left",
+        va="bottom",
+        fontsize=7.5,
+        color="#666666",
+    )
     if pipeline.synthetic:
-        fig.text(0.99, 0.012, SYNTHETIC_NOTE, ha="right", va="bottom", fontsize=9,
-                 color=SYNTHETIC_COLOR, fontweight="bold")
+        fig.text(
+            0.99,
+            0.012,
+            SYNTHETIC_NOTE,
+            ha="right",
+            va="bottom",
+            fontsize=9,
+            color=SYNTHETIC_COLOR,
+            fontweight="bold",
+        )
     return fig
 
 
@@ -235,8 +254,16 @@ def reliability_figure(result: TrainResult) -> Figure:
         if scale.binary:
             share = np.clip(obs / 100, 0, 1)
             err = 1.96 * np.sqrt(share * (1 - share) / np.maximum(counts, 1)) * 100
-        ax.errorbar(pred, obs, yerr=err if scale.binary else None, fmt="o-", color=color,
-                    ecolor=color, capsize=3, ms=6)
+        ax.errorbar(
+            pred,
+            obs,
+            yerr=err if scale.binary else None,
+            fmt="o-",
+            color=color,
+            ecolor=color,
+            capsize=3,
+            ms=6,
+        )
         lo = float(min(pred.min(), (obs - err).min(), (p * scale.factor).min()))
         hi = float(max(pred.max(), (obs + err).max(), (p * scale.factor).max()))
         if scale.binary:
@@ -245,8 +272,14 @@ def reliability_figure(result: TrainResult) -> Figure:
         lims = (lo - pad, hi + pad)
         ax.plot(lims, lims, "--", color="#999999", lw=1)
         # the spread of individual predictions, as a rug along the bottom
-        ax.plot(p * scale.factor, np.full(len(p), lims[0] + 0.012 * (lims[1] - lims[0])),
-                "|", color=color, alpha=0.3, ms=9)
+        ax.plot(
+            p * scale.factor,
+            np.full(len(p), lims[0] + 0.012 * (lims[1] - lims[0])),
+            "|",
+            color=color,
+            alpha=0.3,
+            ms=9,
+        )
         ax.set_xlim(lims)
         ax.set_ylim(lims)
         ax.set_aspect("equal", adjustable="box")
@@ -257,33 +290,57 @@ def reliability_figure(result: TrainResult) -> Figure:
             ax.set_ylabel("Observed responder rate (%, IPCW-weighted)")
             _percent_axis(ax, "x")
             _percent_axis(ax, "y")
-            metrics = (f"Brier {cal.brier:.3f} · ECE {cal.ece:.3f} · "
-                       f"slope {cal.slope:.2f} · intercept {cal.intercept:+.2f}")
+            metrics = (
+                f"Brier {cal.brier:.3f} · ECE {cal.ece:.3f} · "
+                f"slope {cal.slope:.2f} · intercept {cal.intercept:+.2f}"
+            )
         else:
             ax.set_xlabel("Predicted mean improvement (points)")
             ax.set_ylabel("Observed mean improvement (points, IPCW-weighted)")
-            metrics = (f"RMSE {cal.rmse:.2f} · slope {cal.slope:.2f} · "
-                       f"intercept {cal.intercept:+.2f}")
+            metrics = (
+                f"RMSE {cal.rmse:.2f} · slope {cal.slope:.2f} · intercept {cal.intercept:+.2f}"
+            )
         method = "" if cal.method == "identity" else f"; {cal.method} calibration"
-        ax.set_title(f"{arm} ({cal.n} patients with an observed outcome{method})\n"
-                     f"{metrics}", fontsize=10)
+        ax.set_title(
+            f"{arm} ({cal.n} patients with an observed outcome{method})\n{metrics}", fontsize=10
+        )
         size = int(np.median(counts))
         handles = [
-            Line2D([], [], color=color, marker="o",
-                   label=f"quantile bins of the prediction (about {size} patients each"
-                   + ("; 95% binomial interval)" if scale.binary else ")")),
+            Line2D(
+                [],
+                [],
+                color=color,
+                marker="o",
+                label=f"quantile bins of the prediction (about {size} patients each"
+                + ("; 95% binomial interval)" if scale.binary else ")"),
+            ),
             Line2D([], [], color="#999999", ls="--", label="perfect calibration"),
-            Line2D([], [], color=color, marker="|", ls="", ms=9, alpha=0.5,
-                   label="individual predictions (rug)"),
+            Line2D(
+                [],
+                [],
+                color=color,
+                marker="|",
+                ls="",
+                ms=9,
+                alpha=0.5,
+                label="individual predictions (rug)",
+            ),
         ]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-                  fontsize=8, frameon=False)
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            fontsize=8,
+            frameon=False,
+        )
     what = "cross-calibrated " if scale.binary else ""
     outcome = pipeline.outcome.describe()
     if not scale.binary:
         outcome += f" ({_measure(pipeline)}, points; higher is better)"
-    fig.suptitle(f"Reliability per arm: out-of-fold {what}predictions vs observed outcome\n"
-                 f"{outcome}", fontsize=11)
+    fig.suptitle(
+        f"Reliability per arm: out-of-fold {what}predictions vs observed outcome\n{outcome}",
+        fontsize=11,
+    )
     return fig
 
 
@@ -301,8 +358,14 @@ def toc_figure(result: TrainResult) -> Figure:
         est = np.asarray(res.toc_estimate) * weight * scale.factor
         low = np.asarray(res.toc_low) * weight * scale.factor
         high = np.asarray(res.toc_high) * weight * scale.factor
-        ax.fill_between(q * 100, low, high, color=TREATMENT_COLOR, alpha=0.2,
-                        label=f"pointwise {res.level:.0%} band")
+        ax.fill_between(
+            q * 100,
+            low,
+            high,
+            color=TREATMENT_COLOR,
+            alpha=0.2,
+            label=f"pointwise {res.level:.0%} band",
+        )
         ax.plot(q * 100, est, color=TREATMENT_COLOR, lw=2, label=f"{curve_name} curve")
         ax.axhline(0, color=NEUTRAL_COLOR, lw=1, label="no heterogeneity (0)")
         ax.set_xlim(0, 100)
@@ -311,13 +374,19 @@ def toc_figure(result: TrainResult) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
         target = "AUTOC" if curve_name == "TOC" else "Qini"
-        ax.set_title(f"{target} = {scale.benefit(res.estimate)} "
-                     f"({res.level:.0%} CI {scale.benefit(res.ci_low)} to "
-                     f"{scale.benefit(res.ci_high)}; p = {res.p_value:.3g})", fontsize=10)
+        ax.set_title(
+            f"{target} = {scale.benefit(res.estimate)} "
+            f"({res.level:.0%} CI {scale.benefit(res.ci_low)} to "
+            f"{scale.benefit(res.ci_high)}; p = {res.p_value:.3g})",
+            fontsize=10,
+        )
     ax_toc.set_ylabel(f"Benefit in the top q minus average benefit ({scale.unit_long})")
     ax_qini.set_ylabel(f"q × TOC(q) ({scale.unit_long})")
-    fig.suptitle(f"Does ranking by predicted benefit ({treatment} minus {control}) find "
-                 "patients who gain more? (out of fold, doubly-robust)", fontsize=11)
+    fig.suptitle(
+        f"Does ranking by predicted benefit ({treatment} minus {control}) find "
+        "patients who gain more? (out of fold, doubly-robust)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -343,32 +412,64 @@ def benefit_distribution_figure(result: TrainResult) -> Figure:
     ax.axvline(0, color=NEUTRAL_COLOR, lw=1)
     favour_t = float(np.mean(benefit >= margin))
     favour_c = float(np.mean(benefit <= -margin))
-    ax.text(0.99, 0.97, f"≥ +{margin:g} {scale.unit} (favours {treatment}): {favour_t:.0%}",
-            transform=ax.transAxes, ha="right", va="top", fontsize=9, color=TREATMENT_COLOR)
-    ax.text(0.01, 0.97, f"≤ −{margin:g} {scale.unit} (favours {control}): {favour_c:.0%}",
-            transform=ax.transAxes, ha="left", va="top", fontsize=9, color=CONTROL_COLOR)
+    ax.text(
+        0.99,
+        0.97,
+        f"≥ +{margin:g} {scale.unit} (favours {treatment}): {favour_t:.0%}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=9,
+        color=TREATMENT_COLOR,
+    )
+    ax.text(
+        0.01,
+        0.97,
+        f"≤ −{margin:g} {scale.unit} (favours {control}): {favour_c:.0%}",
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=9,
+        color=CONTROL_COLOR,
+    )
     ymax = ax.get_ylim()[1] * 1.2
     ax.set_ylim(0, ymax)
-    ax.text(0, ymax * 0.88, f"|benefit| < {margin:g} {scale.unit}:\n'either'",
-            ha="center", va="top", fontsize=8, color=NEUTRAL_COLOR,
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+    ax.text(
+        0,
+        ymax * 0.88,
+        f"|benefit| < {margin:g} {scale.unit}:\n'either'",
+        ha="center",
+        va="top",
+        fontsize=8,
+        color=NEUTRAL_COLOR,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+    )
     rule = result.model.rule
     share_either = _finite(result.share_either)
     either = "n/a" if share_either is None else f"{share_either:.0%}"
     status = "passed" if rule.evidence else "NOT passed"
-    note = (f"After the full rule (margin, {rule.level:.0%} interval, evidence) {either} of "
-            f"these patients get 'either'. Evidence {status}: {rule.evidence_reason}.")
+    note = (
+        f"After the full rule (margin, {rule.level:.0%} interval, evidence) {either} of "
+        f"these patients get 'either'. Evidence {status}: {rule.evidence_reason}."
+    )
     ax.set_title(textwrap.fill(note, 120), fontsize=8.5, color=NEUTRAL_COLOR)
     if scale.binary:
-        ax.set_xlabel(f"Predicted benefit: P(response | {treatment}) − P(response | {control}) "
-                      "(percentage points; > 0 favours " + treatment + ")")
+        ax.set_xlabel(
+            f"Predicted benefit: P(response | {treatment}) − P(response | {control}) "
+            "(percentage points; > 0 favours " + treatment + ")"
+        )
     else:
-        ax.set_xlabel(f"Predicted benefit: improvement with {treatment} − with {control} "
-                      f"(points of {_measure(pipeline)}; > 0 favours {treatment})")
+        ax.set_xlabel(
+            f"Predicted benefit: improvement with {treatment} − with {control} "
+            f"(points of {_measure(pipeline)}; > 0 favours {treatment})"
+        )
     ax.set_ylabel("Patients")
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Predicted benefit of {treatment} over {control}: final model on the "
-                 f"training cohort (calibrated, in sample)", fontsize=11)
+    fig.suptitle(
+        f"Predicted benefit of {treatment} over {control}: final model on the "
+        f"training cohort (calibrated, in sample)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -387,11 +488,25 @@ def benefit_calibration_figure(result: TrainResult) -> Figure:
     ax = fig.subplots()
     ax.axhline(0, color="#bbbbbb", lw=1)
     ax.axvline(0, color="#bbbbbb", lw=1)
-    ax.errorbar(pred, obs, yerr=[obs - low, high - obs], fmt="o", color=TREATMENT_COLOR,
-                capsize=4, ms=7, label=f"quantile group: observed with {g.level:.0%} CI")
+    ax.errorbar(
+        pred,
+        obs,
+        yerr=[obs - low, high - obs],
+        fmt="o",
+        color=TREATMENT_COLOR,
+        capsize=4,
+        ms=7,
+        label=f"quantile group: observed with {g.level:.0%} CI",
+    )
     for r, x, y in zip(g.groups, pred, obs, strict=True):
-        ax.annotate(f"Q{r.group} (n={r.n})", (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8, color=NEUTRAL_COLOR)
+        ax.annotate(
+            f"Q{r.group} (n={r.n})",
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+            color=NEUTRAL_COLOR,
+        )
     x_lo = float(min(pred.min(), 0.0))
     x_hi = float(max(pred.max(), 0.0))
     pad = 0.15 * (x_hi - x_lo or 1.0)
@@ -401,21 +516,32 @@ def benefit_calibration_figure(result: TrainResult) -> Figure:
     slope = _finite(g.slope)
     if slope is not None:
         intercept = float(g.intercept) * scale.factor
-        ax.plot(line, intercept + slope * line, color=HIGHLIGHT_COLOR, lw=1, alpha=0.8,
-                label=f"fitted line across groups (slope {slope:.2f})")
+        ax.plot(
+            line,
+            intercept + slope * line,
+            color=HIGHLIGHT_COLOR,
+            lw=1,
+            alpha=0.8,
+            label=f"fitted line across groups (slope {slope:.2f})",
+        )
     ax.set_xlim(x_range)
-    ax.set_xlabel(f"Mean predicted benefit, out of fold ({scale.unit_long}, "
-                  f"{treatment} − {control})")
+    ax.set_xlabel(
+        f"Mean predicted benefit, out of fold ({scale.unit_long}, {treatment} − {control})"
+    )
     ax.set_ylabel(f"Observed benefit, doubly-robust ({scale.unit_long})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncols=2, fontsize=8,
-              frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncols=2, fontsize=8, frameon=False)
     slope_se = _finite(g.slope_se)
-    slope_text = ("slope n/a (predicted benefit does not vary)" if slope is None else
-                  f"slope {slope:.2f}" + ("" if slope_se is None else f" (SE {slope_se:.2f})"))
-    fig.suptitle(f"Calibration for benefit by quantile group of predicted benefit\n"
-                 f"{slope_text}; 1 = well calibrated, 0 = ranking carries no signal",
-                 fontsize=11)
+    slope_text = (
+        "slope n/a (predicted benefit does not vary)"
+        if slope is None
+        else f"slope {slope:.2f}" + ("" if slope_se is None else f" (SE {slope_se:.2f})")
+    )
+    fig.suptitle(
+        f"Calibration for benefit by quantile group of predicted benefit\n"
+        f"{slope_text}; 1 = well calibrated, 0 = ranking carries no signal",
+        fontsize=11,
+    )
     return fig
 
 
@@ -435,16 +561,26 @@ def moderators_figure(result: TrainResult) -> Figure:
     ax.set_yticks(np.arange(len(names)), labels, fontsize=9)
     top = float(values.max()) if len(values) else 0.0
     for i, v in enumerate(values):
-        ax.text(v + 0.01 * (top or 1), i, f"{v:.2f}" if scale.binary else f"{v:.3f}",
-                va="center", fontsize=8)
+        ax.text(
+            v + 0.01 * (top or 1),
+            i,
+            f"{v:.2f}" if scale.binary else f"{v:.3f}",
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlim(0, (top or 1) * 1.15)
     where = "calibrated outcome scale" if scale.binary else "outcome scale"
-    ax.set_xlabel(f"Mean |contribution to predicted benefit| ({scale.unit_long},\n"
-                  f"{where}; each patient's drivers sum exactly to their benefit)")
+    ax.set_xlabel(
+        f"Mean |contribution to predicted benefit| ({scale.unit_long},\n"
+        f"{where}; each patient's drivers sum exactly to their benefit)"
+    )
     ax.grid(alpha=0.3, axis="x")
     shown = f"top {len(items)} of {len(result.importance)}"
-    fig.suptitle(f"What moves the predicted benefit of {treatment} over {control} "
-                 f"({shown} features; learner {result.chosen})", fontsize=11)
+    fig.suptitle(
+        f"What moves the predicted benefit of {treatment} over {control} "
+        f"({shown} features; learner {result.chosen})",
+        fontsize=11,
+    )
     return fig
 
 
@@ -464,8 +600,15 @@ def candidates_figure(result: TrainResult) -> Figure:
         ax.hlines(i, best, v, color=color, lw=2, alpha=0.5)
         ax.plot(v, i, "o", color=color, ms=10 if chosen else 7)
         note = "lowest: chosen" if chosen else f"+{v - best:.4f}"
-        ax.annotate(f"{v:.4f} ({note})", (v, i), textcoords="offset points", xytext=(8, -3),
-                    fontsize=8, color=color, fontweight="bold" if chosen else "normal")
+        ax.annotate(
+            f"{v:.4f} ({note})",
+            (v, i),
+            textcoords="offset points",
+            xytext=(8, -3),
+            fontsize=8,
+            color=color,
+            fontweight="bold" if chosen else "normal",
+        )
     ax.set_yticks(ypos, [f"{LEARNER_SHORT.get(n, n)} ({n})" for n in names], fontsize=9)
     for tick, name in zip(ax.get_yticklabels(), names, strict=True):
         if name == result.chosen:
@@ -477,11 +620,16 @@ def candidates_figure(result: TrainResult) -> Figure:
         ax.set_xlim(finite.min() - 0.1 * spread, finite.max() + 0.45 * spread)
     ax.set_ylim(-0.6, len(names) - 0.4)
     unit = "probability scale" if result.model.binary else "squared points"
-    ax.set_xlabel("Out-of-fold DR-loss (lower is better): mean squared error of the predicted\n"
-                  f"benefit against doubly-robust scores ({unit})")
+    ax.set_xlabel(
+        "Out-of-fold DR-loss (lower is better): mean squared error of the predicted\n"
+        f"benefit against doubly-robust scores ({unit})"
+    )
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"Candidate learners compared out of fold ({pipeline.training.folds}-fold "
-                 f"cross-fitting); chosen: {result.chosen}", fontsize=11)
+    fig.suptitle(
+        f"Candidate learners compared out of fold ({pipeline.training.folds}-fold "
+        f"cross-fitting); chosen: {result.chosen}",
+        fontsize=11,
+    )
     return fig
 
 
@@ -504,8 +652,9 @@ def _summary_numeric(col: pd.Series) -> dict[str, Any]:
 def _summary_categorical(col: pd.Series, levels: list[str]) -> dict[str, Any]:
     present = col.astype(object)[col.notna()]
     total = len(present)
-    return {str(level): (float((present == level).sum() / total) if total else None)
-            for level in levels}
+    return {
+        str(level): (float((present == level).sum() / total) if total else None) for level in levels
+    }
 
 
 def _population(result: TrainResult) -> dict[str, Any]:
@@ -521,20 +670,26 @@ def _population(result: TrainResult) -> dict[str, Any]:
         arms[label] = {
             "n": int(mask.sum()),
             "n_observed": int(r.sum()),
-            "observed_outcome_mean": (float(np.average(cohort.y[r], weights=w[r]))
-                                      if w[r].sum() > 0 else None),
+            "observed_outcome_mean": (
+                float(np.average(cohort.y[r], weights=w[r])) if w[r].sum() > 0 else None
+            ),
         }
     features: list[dict[str, Any]] = []
     for name, spec in pipeline.features.items():
         if name not in cohort.X.columns:
             continue
         col = cohort.X[name]
-        entry: dict[str, Any] = {"name": name, "label": spec.label or name, "type": spec.type,
-                                 "missing": int(col.isna().sum())}
+        entry: dict[str, Any] = {
+            "name": name,
+            "label": spec.label or name,
+            "type": spec.type,
+            "missing": int(col.isna().sum()),
+        }
         if isinstance(spec, CategoricalFeature):
             entry["overall"] = _summary_categorical(col, spec.levels)
-            entry["by_arm"] = {a: _summary_categorical(col[m], spec.levels)
-                               for a, m in arm_masks.items()}
+            entry["by_arm"] = {
+                a: _summary_categorical(col[m], spec.levels) for a, m in arm_masks.items()
+            }
         else:
             entry["unit"] = spec.unit
             entry["overall"] = _summary_numeric(col)
@@ -547,12 +702,13 @@ def _population(result: TrainResult) -> dict[str, Any]:
         "allocation_treatment": float(cohort.treated.mean()),
         "features": features,
         "note": "Summaries only (mean and SD, or shares among non-missing values); no "
-                "individual rows.",
+        "individual rows.",
     }
 
 
-def _discrimination(y: np.ndarray, p: np.ndarray, w: np.ndarray,
-                    binary: bool) -> dict[str, float | None]:
+def _discrimination(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, binary: bool
+) -> dict[str, float | None]:
     if binary:
         from sklearn.metrics import roc_auc_score
 
@@ -568,8 +724,13 @@ def _learner_text(name: str) -> str:
     return LEARNER_DESCRIPTIONS.get(name, name)
 
 
-def model_card_dict(result: TrainResult, *, model_name: str | None = None,
-                    version: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+def model_card_dict(
+    result: TrainResult,
+    *,
+    model_name: str | None = None,
+    version: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """The model card as JSON-ready data (no NaN: missing numbers are None)."""
     model = result.model
     pipeline = model.pipeline
@@ -581,8 +742,10 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
     measure = _measure(pipeline)
     name = model_name or pipeline.registry.model_name
     what_arm = "response probabilities" if binary else "expected improvement"
-    population_text = ("patients who meet the source trial's eligibility criteria; the "
-                       "training cohort is summarised under Population")
+    population_text = (
+        "patients who meet the source trial's eligibility criteria; the "
+        "training cohort is summarised under Population"
+    )
 
     outcome: dict[str, Any] = {
         "definition": out.describe(),
@@ -592,10 +755,13 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
         "followup": out.followup,
         "column": out.column,
         "responder": out.responder.describe() if out.responder is not None else None,
-        "scale": ("probability of being a responder (0-1); benefit = difference in "
-                  "probability, shown in percentage points" if binary else
-                  f"expected improvement in {measure} (points; higher is better); benefit = "
-                  "difference in expected improvement"),
+        "scale": (
+            "probability of being a responder (0-1); benefit = difference in "
+            "probability, shown in percentage points"
+            if binary
+            else f"expected improvement in {measure} (points; higher is better); benefit = "
+            "difference in expected improvement"
+        ),
         "benefit": f"{treatment} minus {control} (positive favours {treatment})",
     }
 
@@ -604,7 +770,8 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
         missing_text = (
             f"Complete-case analysis, as the pipeline requests: only the "
             f"{ipcw.observed_share:.0%} of patients with an observed outcome are used, "
-            "unweighted. Valid only if outcomes are missing completely at random.")
+            "unweighted. Valid only if outcomes are missing completely at random."
+        )
     else:
         missing_text = (
             f"Inverse probability of censoring weighting: outcomes observed for "
@@ -612,24 +779,32 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
             "1 / P(observed | baseline, arm) (penalized logistic model), weights clipped at "
             f"{ipcw.clip:g} x their mean ({ipcw.n_clipped} clipped), effective sample size "
             f"{ipcw.effective_sample_size:.0f}. Assumes outcomes are missing at random given "
-            "baseline covariates and arm.")
-    missing = {**ipcw.summary(), "n_observed": int(result.cohort.observed.sum()),
-               "description": missing_text}
+            "baseline covariates and arm."
+        )
+    missing = {
+        **ipcw.summary(),
+        "n_observed": int(result.cohort.observed.sum()),
+        "description": missing_text,
+    }
 
     learners = {
         "criterion": "lowest out-of-fold DR-loss: mean squared difference between a "
-                     "candidate's cross-fitted (and benefit-calibrated) benefit and the "
-                     "doubly-robust (AIPW with IPCW) pseudo-outcomes; its expectation is the "
-                     "benefit's mean squared error (PEHE) plus a constant",
+        "candidate's cross-fitted (and benefit-calibrated) benefit and the "
+        "doubly-robust (AIPW with IPCW) pseudo-outcomes; its expectation is the "
+        "benefit's mean squared error (PEHE) plus a constant",
         "folds": pipeline.training.folds,
         "chosen": result.chosen,
         "chosen_description": _learner_text(result.chosen),
         "candidates": [
-            {"name": k, "description": _learner_text(k), "dr_loss": c.dr_loss,
-             "r_loss": c.r_loss,
-             "policy_gain": None if c.policy is None else c.policy.gain_over_best_arm,
-             **_candidate_extras(c),
-             "chosen": k == result.chosen}
+            {
+                "name": k,
+                "description": _learner_text(k),
+                "dr_loss": c.dr_loss,
+                "r_loss": c.r_loss,
+                "policy_gain": None if c.policy is None else c.policy.gain_over_best_arm,
+                **_candidate_extras(c),
+                "chosen": k == result.chosen,
+            }
             for k, c in sorted(result.candidates.items(), key=lambda kv: kv[1].dr_loss)
         ],
     }
@@ -639,26 +814,28 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
         if arm not in result.calibration:
             continue
         y, p, w = result.reliability[arm]
-        calibration[arm] = {**result.calibration[arm].to_dict(),
-                            **_discrimination(y, p, w, binary)}
+        calibration[arm] = {**result.calibration[arm].to_dict(), **_discrimination(y, p, w, binary)}
     calibration_note = (
         "Per arm, out of fold: the chosen learner's cross-fitted predictions recalibrated "
         "(Platt or isotonic, whichever has the lower cross-validated Brier score) and "
         "assessed on cross-calibrated predictions, so no patient is scored by a calibrator "
-        "that saw them. Ideal: intercept 0, slope 1." if binary else
-        "Per arm, out of fold: the chosen learner's cross-fitted predictions, not "
+        "that saw them. Ideal: intercept 0, slope 1."
+        if binary
+        else "Per arm, out of fold: the chosen learner's cross-fitted predictions, not "
         "recalibrated (continuous outcome). Intercept and slope of a linear regression of "
-        "the observed on the predicted improvement; ideal 0 and 1.")
+        "the observed on the predicted improvement; ideal 0 and 1."
+    )
 
     blp = result.blp
-    p_adjusted = _finite(getattr(result, "heterogeneity_p",
-                                 blp.differential_forest_prediction.p_value))
+    p_adjusted = _finite(
+        getattr(result, "heterogeneity_p", blp.differential_forest_prediction.p_value)
+    )
     heterogeneity = {
         "detected": p_adjusted is not None and p_adjusted < rule.alpha,
         "alpha": rule.alpha,
         "differential_p_adjusted": p_adjusted,
         "adjustment": f"Bonferroni over the {len(result.candidates)} candidate learners "
-                      "(the chosen one is the best of several on these data)",
+        "(the chosen one is the best of several on these data)",
         "blp": {
             "mean_forest_prediction": blp.mean_forest_prediction.to_dict(),
             "differential_forest_prediction": blp.differential_forest_prediction.to_dict(),
@@ -666,9 +843,15 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
             "n_observed": blp.n_observed,
         },
         "benefit_recalibration": _benefit_recalibration(result),
-        "ate": {"estimate": blp.ate, "se": blp.ate_se, "ci_low": blp.ate_ci_low,
-                "ci_high": blp.ate_ci_high, "p_value": blp.ate_p_value, "level": blp.level,
-                "method": "AIPW (doubly-robust) with IPCW; two-sided p-value"},
+        "ate": {
+            "estimate": blp.ate,
+            "se": blp.ate_se,
+            "ci_low": blp.ate_ci_low,
+            "ci_high": blp.ate_ci_high,
+            "p_value": blp.ate_p_value,
+            "level": blp.level,
+            "method": "AIPW (doubly-robust) with IPCW; two-sided p-value",
+        },
         "autoc": _rate_dict(result.autoc),
         "qini": _rate_dict(result.qini),
         "benefit_calibration": result.groups.to_dict(),
@@ -690,24 +873,33 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
             f"benefit ({treatment} minus {control}) lies entirely above zero, and (3) the "
             f"predicted benefit is at least {margin_text}; recommend {control} in the "
             f"mirror-image case. Otherwise the recommendation is 'either' with the "
-            f"rationale \"{NO_DIFFERENCE}\", and the patient's stated preference is echoed "
-            "when known."),
+            f'rationale "{NO_DIFFERENCE}", and the patient\'s stated preference is echoed '
+            "when known."
+        ),
         "evidence_status": (
             f"Evidence {'passed' if rule.evidence else 'did not pass'}: "
             f"{rule.evidence_reason}."
-            + ("" if rule.evidence else " Every patient therefore gets 'either'.")),
+            + ("" if rule.evidence else " Every patient therefore gets 'either'.")
+        ),
     }
 
     chosen_linear = result.chosen in LINEAR_LEARNERS
     explanations = {
-        "method": ("linear terms of the penalized regression" if chosen_linear else
-                   "exact TreeSHAP contributions of the LightGBM models"),
-        "scale": "calibrated outcome scale (" + (
-            "probability of response; shown in percentage points" if binary
-            else f"points of {measure}") + ")",
+        "method": (
+            "linear terms of the penalized regression"
+            if chosen_linear
+            else "exact TreeSHAP contributions of the LightGBM models"
+        ),
+        "scale": "calibrated outcome scale ("
+        + (
+            "probability of response; shown in percentage points"
+            if binary
+            else f"points of {measure}"
+        )
+        + ")",
         "additivity": "each patient's drivers are carried through the per-arm calibration "
-                      "maps (rescale rule) and the benefit recalibration, so base benefit + "
-                      "sum of drivers equals the benefit shown exactly",
+        "maps (rescale rule) and the benefit recalibration, so base benefit + "
+        "sum of drivers equals the benefit shown exactly",
         "importance_measure": "mean |driver of the benefit| over the training cohort",
         "importance": [
             {"feature": k, "label": _feature_label(pipeline, k), "mean_abs_contribution": v}
@@ -734,20 +926,22 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
         },
         "intended_use": {
             "question": pipeline.description,
-            "purpose": (f"Decision support for choosing between {treatment} and {control}: "
-                        f"per-arm calibrated {what_arm}, "
-                        "the benefit with its interval, a recommendation only where the "
-                        "evidence supports one, and the drivers behind it."),
+            "purpose": (
+                f"Decision support for choosing between {treatment} and {control}: "
+                f"per-arm calibrated {what_arm}, "
+                "the benefit with its interval, a recommendation only where the "
+                "evidence supports one, and the drivers behind it."
+            ),
             "users": "clinicians discussing treatment options with a patient; researchers "
-                     "and analysts reviewing or scoring referral lists",
+            "and analysts reviewing or scoring referral lists",
             "population": population_text,
             "not_intended_for": [
                 "replacing clinical judgment or the patient's own preference",
                 "patients outside the source trial's eligibility criteria or the feature "
                 "ranges seen in training (the service warns when a value is outside them)",
                 "choosing between treatments other than these two arms",
-            ] + (["any clinical use: the training data are synthetic"]
-                 if pipeline.synthetic else []),
+            ]
+            + (["any clinical use: the training data are synthetic"] if pipeline.synthetic else []),
         },
         "population": _population(result),
         "outcome": outcome,
@@ -755,13 +949,18 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
             "synthetic": pipeline.synthetic,
             "description": pipeline.description,
             "path": pipeline.cohort.path,
-            "simulated": (pipeline.cohort.simulate.model_dump()
-                          if pipeline.cohort.simulate is not None else None),
+            "simulated": (
+                pipeline.cohort.simulate.model_dump()
+                if pipeline.cohort.simulate is not None
+                else None
+            ),
             "cohort_sha256": model.info.get("cohort_sha256"),
-            "statement": ("SYNTHETIC: a simulated cohort shaped after published trial "
-                          "summaries; no real patient contributed data."
-                          if pipeline.synthetic else
-                          "Randomized trial data as declared in the pipeline file."),
+            "statement": (
+                "SYNTHETIC: a simulated cohort shaped after published trial "
+                "summaries; no real patient contributed data."
+                if pipeline.synthetic
+                else "Randomized trial data as declared in the pipeline file."
+            ),
         },
         "missing_outcomes": missing,
         "learners": learners,
@@ -772,8 +971,8 @@ def model_card_dict(result: TrainResult, *, model_name: str | None = None,
         "subgroups": {
             "definitions": dict(pipeline.subgroups),
             "note": "Out of fold; per arm predicted vs IPCW-weighted observed outcome among "
-                    "patients with an observed outcome; benefit: mean predicted vs mean "
-                    "doubly-robust score (SE in brackets).",
+            "patients with an observed outcome; benefit: mean predicted vs mean "
+            "doubly-robust score (SE in brackets).",
             "rows": _ordered_subgroups(pipeline, result.subgroups),
         },
         "limitations": _limitations(result),
@@ -798,18 +997,20 @@ def _benefit_recalibration(result: TrainResult) -> dict[str, Any] | None:
     bc = getattr(result.model, "benefit_calibration", None)
     if bc is None:
         return None
-    return {**bc.to_dict(),
-            "description": "predicted benefit = average effect + slope x (learner's benefit "
-                           "- its mean); slope = out-of-fold BLP differential coefficient, "
-                           f"clipped to [0, {bc.MAX_SLOPE:g}] (raw {bc.raw_slope:.2f}), so an "
-                           "over-dispersed learner is shrunk and one without signal collapses "
-                           "to the average effect"}
+    return {
+        **bc.to_dict(),
+        "description": "predicted benefit = average effect + slope x (learner's benefit "
+        "- its mean); slope = out-of-fold BLP differential coefficient, "
+        f"clipped to [0, {bc.MAX_SLOPE:g}] (raw {bc.raw_slope:.2f}), so an "
+        "over-dispersed learner is shrunk and one without signal collapses "
+        "to the average effect",
+    }
 
 
-def _ordered_subgroups(pipeline: Pipeline,
-                       rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _ordered_subgroups(pipeline: Pipeline, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Subgroup rows in a reading order: features as declared, categorical levels as
     declared, numeric bands from low to high, 'missing' last."""
+
     def order(row: dict[str, Any]) -> tuple[int, int]:
         names = list(pipeline.subgroups)
         feature = str(row.get("feature"))
@@ -826,8 +1027,10 @@ def _ordered_subgroups(pipeline: Pipeline,
         g_rank = groups.index(group) if group in groups else len(groups)
         return f_rank, g_rank
 
-    return [{**r, "feature_label": _feature_label(pipeline, str(r.get("feature")), unit=False)}
-            for r in sorted(rows, key=order)]
+    return [
+        {**r, "feature_label": _feature_label(pipeline, str(r.get("feature")), unit=False)}
+        for r in sorted(rows, key=order)
+    ]
 
 
 def _rate_dict(res: Any) -> dict[str, Any]:
@@ -840,8 +1043,10 @@ def _limitations(result: TrainResult) -> list[str]:
     treatment, control = _arms(pipeline)
     items: list[str] = []
     if pipeline.synthetic:
-        items.append("The training data are SYNTHETIC (simulated patients). Every number in "
-                     "this card describes the simulation, not real patients.")
+        items.append(
+            "The training data are SYNTHETIC (simulated patients). Every number in "
+            "this card describes the simulation, not real patients."
+        )
     items += [
         f"Population: trained on one randomized trial's participants ({len(result.cohort)} "
         "patients); the model is valid at most for patients who would have met that "
@@ -857,7 +1062,8 @@ def _limitations(result: TrainResult) -> list[str]:
         items.append(
             "The predicted benefit is recalibrated with a slope fitted on the same out-of-fold "
             "predictions that the calibration-for-benefit groups are computed on, so the "
-            "groups' agreement with the diagonal is partly by construction.")
+            "groups' agreement with the diagonal is partly by construction."
+        )
     items += [
         f"Benefit intervals ({rule.level:.0%}) come from a bootstrap ensemble of "
         f"{len(result.model.ensemble)} refits (plus the uncertainty of the benefit "
@@ -865,30 +1071,41 @@ def _limitations(result: TrainResult) -> list[str]:
         "misspecification, unmeasured moderators or shift between the trial and practice.",
     ]
     if result.ipcw.method == "complete_case":
-        items.append("Missing outcomes were handled by complete-case analysis, which assumes "
-                     "they are missing completely at random.")
+        items.append(
+            "Missing outcomes were handled by complete-case analysis, which assumes "
+            "they are missing completely at random."
+        )
     else:
         items.append(
             f"Outcomes were missing for {1 - result.ipcw.observed_share:.0%} of patients; "
             "inverse probability of censoring weights assume they are missing at random "
-            "given baseline covariates and arm.")
-    items.append("Subgroup estimates rest on few patients and are not powered to detect "
-                 "differences between subgroups; read their intervals, not their point "
-                 "estimates.")
+            "given baseline covariates and arm."
+        )
+    items.append(
+        "Subgroup estimates rest on few patients and are not powered to detect "
+        "differences between subgroups; read their intervals, not their point "
+        "estimates."
+    )
     lo, hi = pipeline.gates.calibration_slope
     for arm, cal in result.calibration.items():
         if not math.isfinite(cal.slope) or not lo <= cal.slope <= hi:
-            items.append(f"Calibration slope for {arm} ({cal.slope:.2f}) is outside the "
-                         f"promotion gate [{lo:g}, {hi:g}]: its predicted "
-                         f"{'probabilities' if result.model.binary else 'improvements'} are "
-                         "not reliable at the extremes.")
+            items.append(
+                f"Calibration slope for {arm} ({cal.slope:.2f}) is outside the "
+                f"promotion gate [{lo:g}, {hi:g}]: its predicted "
+                f"{'probabilities' if result.model.binary else 'improvements'} are "
+                "not reliable at the extremes."
+            )
         if cal.ece is not None and cal.ece > pipeline.gates.max_ece:
-            items.append(f"Expected calibration error for {arm} ({cal.ece:.3f}) exceeds the "
-                         f"promotion gate ({pipeline.gates.max_ece:g}).")
+            items.append(
+                f"Expected calibration error for {arm} ({cal.ece:.3f}) exceeds the "
+                f"promotion gate ({pipeline.gates.max_ece:g})."
+            )
     if not rule.evidence:
-        items.append(f"The trial data show no reliable difference between {treatment} and "
-                     f"{control} ({rule.evidence_reason}); the model recommends 'either' "
-                     "for every patient and its ranking should not be used to choose.")
+        items.append(
+            f"The trial data show no reliable difference between {treatment} and "
+            f"{control} ({rule.evidence_reason}); the model recommends 'either' "
+            "for every patient and its ranking should not be used to choose."
+        )
     return items
 
 
@@ -917,8 +1134,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
+    lines = [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+    ]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return lines
 
@@ -933,182 +1152,361 @@ def render_model_card(card: Mapping[str, Any]) -> str:
     if card["synthetic"]:
         lines += [SYNTHETIC_BANNER, ""]
 
-    lines += _table(["", ""], [
-        ["Model", str(model["name"])],
-        ["Version", _fmt(model["version"]) if model["version"] else "not registered"],
-        ["MLflow run", _fmt(model["run_id"]) if model["run_id"] else "n/a"],
-        ["Pipeline", str(model["pipeline"])],
-        ["Learner", f"`{model['learner']}`: {model['learner_description']}"],
-        ["Benefit", card["outcome"]["benefit"]],
-        ["Cohort SHA-256", f"`{model['cohort_sha256']}`" if model["cohort_sha256"] else "n/a"],
-        ["personalize", str(model["package_version"])],
-    ])
+    lines += _table(
+        ["", ""],
+        [
+            ["Model", str(model["name"])],
+            ["Version", _fmt(model["version"]) if model["version"] else "not registered"],
+            ["MLflow run", _fmt(model["run_id"]) if model["run_id"] else "n/a"],
+            ["Pipeline", str(model["pipeline"])],
+            ["Learner", f"`{model['learner']}`: {model['learner_description']}"],
+            ["Benefit", card["outcome"]["benefit"]],
+            ["Cohort SHA-256", f"`{model['cohort_sha256']}`" if model["cohort_sha256"] else "n/a"],
+            ["personalize", str(model["package_version"])],
+        ],
+    )
 
     use = card["intended_use"]
     lines += ["", "## Intended use", ""]
     if use.get("question"):
         lines += [f"*{use['question']}*", ""]
-    lines += [use["purpose"], "",
-              f"- **Users:** {use['users']}.",
-              f"- **Population:** {use['population']}.",
-              "- **Not intended for:**"]
+    lines += [
+        use["purpose"],
+        "",
+        f"- **Users:** {use['users']}.",
+        f"- **Population:** {use['population']}.",
+        "- **Not intended for:**",
+    ]
     lines += [f"  - {item}" for item in use["not_intended_for"]]
-    lines += ["", "This is decision support: it informs a shared decision and is not a "
-              "substitute for clinical judgment."]
+    lines += [
+        "",
+        "This is decision support: it informs a shared decision and is not a "
+        "substitute for clinical judgment.",
+    ]
 
     pop = card["population"]
     arm_names = list(pop["arms"])
-    lines += ["", "## Population", "",
-              f"{pop['n_patients']} randomized patients, {pop['n_observed']} with an observed "
-              f"outcome; allocation to {treatment}: {pop['allocation_treatment']:.0%}. "
-              + pop["note"], ""]
-    lines += _table(["Arm", "Patients", "Outcome observed",
-                     "Observed " + ("responder rate" if binary else "mean improvement")
-                     + " (IPCW-weighted)"],
-                    [[a, str(v["n"]), str(v["n_observed"]),
-                      scale.outcome(v["observed_outcome_mean"])]
-                     for a, v in pop["arms"].items()])
-    lines += ["", "Baseline characteristics (numeric: mean (SD); categorical: share among "
-              "non-missing values):", ""]
+    lines += [
+        "",
+        "## Population",
+        "",
+        f"{pop['n_patients']} randomized patients, {pop['n_observed']} with an observed "
+        f"outcome; allocation to {treatment}: {pop['allocation_treatment']:.0%}. " + pop["note"],
+        "",
+    ]
+    lines += _table(
+        [
+            "Arm",
+            "Patients",
+            "Outcome observed",
+            "Observed " + ("responder rate" if binary else "mean improvement") + " (IPCW-weighted)",
+        ],
+        [
+            [a, str(v["n"]), str(v["n_observed"]), scale.outcome(v["observed_outcome_mean"])]
+            for a, v in pop["arms"].items()
+        ],
+    )
+    lines += [
+        "",
+        "Baseline characteristics (numeric: mean (SD); categorical: share among "
+        "non-missing values):",
+        "",
+    ]
     rows = []
     for f in pop["features"]:
         label = f["label"] + (f" ({f['unit']})" if f.get("unit") else "")
         if f["type"] == "numeric":
+
             def num(s: Mapping[str, Any]) -> str:
                 if s["mean"] is None:
                     return "n/a"
                 sd = "n/a" if s["sd"] is None else f"{s['sd']:.1f}"
                 return f"{s['mean']:.1f} ({sd})"
-            rows.append([label, num(f["overall"]), *(num(f["by_arm"][a]) for a in arm_names),
-                         str(f["missing"])])
+
+            rows.append(
+                [
+                    label,
+                    num(f["overall"]),
+                    *(num(f["by_arm"][a]) for a in arm_names),
+                    str(f["missing"]),
+                ]
+            )
         else:
+
             def cat(s: Mapping[str, Any]) -> str:
                 return "; ".join(f"{k} {v:.0%}" for k, v in s.items() if v is not None) or "n/a"
-            rows.append([label, cat(f["overall"]), *(cat(f["by_arm"][a]) for a in arm_names),
-                         str(f["missing"])])
+
+            rows.append(
+                [
+                    label,
+                    cat(f["overall"]),
+                    *(cat(f["by_arm"][a]) for a in arm_names),
+                    str(f["missing"]),
+                ]
+            )
     lines += _table(["Feature", "All", *arm_names, "Missing"], rows)
 
     out = card["outcome"]
-    lines += ["", "## Outcome", "", f"**{out['definition']}**", "",
-              f"- Kind: {out['kind']}" + (f"; responder: {out['responder']}"
-                                          if out["responder"] else ""),
-              f"- Scale: {out['scale']}",
-              f"- Benefit: {out['benefit']}"]
+    lines += [
+        "",
+        "## Outcome",
+        "",
+        f"**{out['definition']}**",
+        "",
+        f"- Kind: {out['kind']}" + (f"; responder: {out['responder']}" if out["responder"] else ""),
+        f"- Scale: {out['scale']}",
+        f"- Benefit: {out['benefit']}",
+    ]
 
     src = card["data_source"]
-    lines += ["", "## Data source", "", ("**" + src["statement"] + "**") if src["synthetic"]
-              else src["statement"]]
+    lines += [
+        "",
+        "## Data source",
+        "",
+        ("**" + src["statement"] + "**") if src["synthetic"] else src["statement"],
+    ]
     if src["description"]:
         lines += ["", src["description"]]
     if src["simulated"] and src["synthetic"]:
         sim = src["simulated"]
-        lines += ["", f"Simulator scenario `{sim['scenario']}` (n = {sim.get('n')}, "
-                  f"seed {sim.get('seed')})."]
+        lines += [
+            "",
+            f"Simulator scenario `{sim['scenario']}` (n = {sim.get('n')}, seed {sim.get('seed')}).",
+        ]
 
     miss = card["missing_outcomes"]
     lines += ["", "## Missing outcomes", "", miss["description"]]
     if miss["method"] != "complete_case":
-        lines += ["", *_table(
-            ["Observed share", "Weight clip", "Clipped", "Effective sample size",
-             "Min P(observed)"],
-            [[f"{miss['observed_share']:.1%}", f"{miss['clip']:g} x mean",
-              str(miss["n_clipped"]), _fmt(miss["effective_sample_size"], 1),
-              _fmt(miss["min_probability"])]])]
+        lines += [
+            "",
+            *_table(
+                [
+                    "Observed share",
+                    "Weight clip",
+                    "Clipped",
+                    "Effective sample size",
+                    "Min P(observed)",
+                ],
+                [
+                    [
+                        f"{miss['observed_share']:.1%}",
+                        f"{miss['clip']:g} x mean",
+                        str(miss["n_clipped"]),
+                        _fmt(miss["effective_sample_size"], 1),
+                        _fmt(miss["min_probability"]),
+                    ]
+                ],
+            ),
+        ]
 
     lrn = card["learners"]
-    lines += ["", "## Learners compared", "",
-              f"Selection: {lrn['criterion']} ({lrn['folds']}-fold cross-fitting). "
-              f"**Chosen: `{lrn['chosen']}`** ({lrn['chosen_description']}).", ""]
+    lines += [
+        "",
+        "## Learners compared",
+        "",
+        f"Selection: {lrn['criterion']} ({lrn['folds']}-fold cross-fitting). "
+        f"**Chosen: `{lrn['chosen']}`** ({lrn['chosen_description']}).",
+        "",
+    ]
     lines += _table(
-        ["Learner", "Description", "OOF DR-loss", "OOF R-loss",
-         f"Policy gain over best arm ({scale.unit})", "BLP differential p (unadjusted)",
-         "Benefit slope", "Chosen"],
-        [[f"`{c['name']}`", c["description"], _fmt(c["dr_loss"], 4), _fmt(c["r_loss"], 4),
-          scale.benefit(c["policy_gain"]), _p(c.get("blp_differential_p")),
-          _fmt(c.get("benefit_slope"), 2), "**chosen**" if c["chosen"] else ""]
-         for c in lrn["candidates"]])
+        [
+            "Learner",
+            "Description",
+            "OOF DR-loss",
+            "OOF R-loss",
+            f"Policy gain over best arm ({scale.unit})",
+            "BLP differential p (unadjusted)",
+            "Benefit slope",
+            "Chosen",
+        ],
+        [
+            [
+                f"`{c['name']}`",
+                c["description"],
+                _fmt(c["dr_loss"], 4),
+                _fmt(c["r_loss"], 4),
+                scale.benefit(c["policy_gain"]),
+                _p(c.get("blp_differential_p")),
+                _fmt(c.get("benefit_slope"), 2),
+                "**chosen**" if c["chosen"] else "",
+            ]
+            for c in lrn["candidates"]
+        ],
+    )
 
     cal = card["calibration"]
     lines += ["", "## Calibration and discrimination per arm", "", cal["note"], ""]
     if binary:
-        lines += _table(["Arm", "Method", "n", "Brier", "ECE", "Intercept", "Slope",
-                         "c-statistic"],
-                        [[a, c["method"], str(c["n"]), _fmt(c["brier"]), _fmt(c["ece"]),
-                          _fmt(c["intercept"], 2), _fmt(c["slope"], 2),
-                          _fmt(c.get("c_statistic"))] for a, c in cal["arms"].items()])
+        lines += _table(
+            ["Arm", "Method", "n", "Brier", "ECE", "Intercept", "Slope", "c-statistic"],
+            [
+                [
+                    a,
+                    c["method"],
+                    str(c["n"]),
+                    _fmt(c["brier"]),
+                    _fmt(c["ece"]),
+                    _fmt(c["intercept"], 2),
+                    _fmt(c["slope"], 2),
+                    _fmt(c.get("c_statistic")),
+                ]
+                for a, c in cal["arms"].items()
+            ],
+        )
     else:
-        lines += _table(["Arm", "Method", "n", "RMSE", "Intercept", "Slope", "R²"],
-                        [[a, c["method"], str(c["n"]), _fmt(c["rmse"]),
-                          _fmt(c["intercept"], 2), _fmt(c["slope"], 2),
-                          _fmt(c.get("r_squared"))] for a, c in cal["arms"].items()])
+        lines += _table(
+            ["Arm", "Method", "n", "RMSE", "Intercept", "Slope", "R²"],
+            [
+                [
+                    a,
+                    c["method"],
+                    str(c["n"]),
+                    _fmt(c["rmse"]),
+                    _fmt(c["intercept"], 2),
+                    _fmt(c["slope"], 2),
+                    _fmt(c.get("r_squared")),
+                ]
+                for a, c in cal["arms"].items()
+            ],
+        )
 
     het = card["heterogeneity"]
     blp = het["blp"]
     ate = het["ate"]
     verdict = "detected" if het["detected"] else "not detected"
-    lines += ["", "## Heterogeneity evidence", "",
-              f"Is there heterogeneity the model captures? **{verdict}** at alpha = "
-              f"{het['alpha']:g}: BLP differential p = {_p(het['differential_p_adjusted'])} "
-              f"after {het['adjustment']}. All quantities out of fold.",
-              "", "Best linear predictor test (grf `test_calibration`; "
-              f"{blp['p_values']}; {blp['n_observed']} observed patients):", ""]
-    lines += _table(["Coefficient", "Estimate", "SE", "p", "Reads"], [
-        ["mean forest prediction", _fmt(blp["mean_forest_prediction"]["estimate"], 2),
-         _fmt(blp["mean_forest_prediction"]["se"], 2),
-         _p(blp["mean_forest_prediction"]["p_value"]), "1 = average benefit is right"],
-        ["differential forest prediction",
-         _fmt(blp["differential_forest_prediction"]["estimate"], 2),
-         _fmt(blp["differential_forest_prediction"]["se"], 2),
-         _p(blp["differential_forest_prediction"]["p_value"]),
-         "> 0 with small p = heterogeneity; 1 = spread is right"],
-    ])
-    lines += ["", *_table(["Quantity", "Estimate", "CI", "p"], [
-        [f"Average effect ({treatment} − {control}), {ate['method']}",
-         scale.benefit(ate["estimate"]),
-         f"{ate['level']:.0%}: {scale.benefit(ate['ci_low'])} to {scale.benefit(ate['ci_high'])}",
-         _p(ate["p_value"])],
-        *([f"{r['target']} (RATE)", scale.benefit(r["estimate"]),
-           f"{r['level']:.0%}: {scale.benefit(r['ci_low'])} to {scale.benefit(r['ci_high'])}",
-           _p(r["p_value"])] for r in (het["autoc"], het["qini"])),
-        ["Policy gain over the best single arm", scale.benefit(het["policy"]["gain_over_best_arm"]),
-         f"{het['policy']['level']:.0%}: {scale.benefit(het['policy']['gain_ci_low'])} to "
-         f"{scale.benefit(het['policy']['gain_ci_high'])}", ""],
-    ])]
+    lines += [
+        "",
+        "## Heterogeneity evidence",
+        "",
+        f"Is there heterogeneity the model captures? **{verdict}** at alpha = "
+        f"{het['alpha']:g}: BLP differential p = {_p(het['differential_p_adjusted'])} "
+        f"after {het['adjustment']}. All quantities out of fold.",
+        "",
+        "Best linear predictor test (grf `test_calibration`; "
+        f"{blp['p_values']}; {blp['n_observed']} observed patients):",
+        "",
+    ]
+    lines += _table(
+        ["Coefficient", "Estimate", "SE", "p", "Reads"],
+        [
+            [
+                "mean forest prediction",
+                _fmt(blp["mean_forest_prediction"]["estimate"], 2),
+                _fmt(blp["mean_forest_prediction"]["se"], 2),
+                _p(blp["mean_forest_prediction"]["p_value"]),
+                "1 = average benefit is right",
+            ],
+            [
+                "differential forest prediction",
+                _fmt(blp["differential_forest_prediction"]["estimate"], 2),
+                _fmt(blp["differential_forest_prediction"]["se"], 2),
+                _p(blp["differential_forest_prediction"]["p_value"]),
+                "> 0 with small p = heterogeneity; 1 = spread is right",
+            ],
+        ],
+    )
+    lines += [
+        "",
+        *_table(
+            ["Quantity", "Estimate", "CI", "p"],
+            [
+                [
+                    f"Average effect ({treatment} − {control}), {ate['method']}",
+                    scale.benefit(ate["estimate"]),
+                    f"{ate['level']:.0%}: {scale.benefit(ate['ci_low'])} to "
+                    f"{scale.benefit(ate['ci_high'])}",
+                    _p(ate["p_value"]),
+                ],
+                *(
+                    [
+                        f"{r['target']} (RATE)",
+                        scale.benefit(r["estimate"]),
+                        f"{r['level']:.0%}: {scale.benefit(r['ci_low'])} to "
+                        f"{scale.benefit(r['ci_high'])}",
+                        _p(r["p_value"]),
+                    ]
+                    for r in (het["autoc"], het["qini"])
+                ),
+                [
+                    "Policy gain over the best single arm",
+                    scale.benefit(het["policy"]["gain_over_best_arm"]),
+                    f"{het['policy']['level']:.0%}: "
+                    f"{scale.benefit(het['policy']['gain_ci_low'])} to "
+                    f"{scale.benefit(het['policy']['gain_ci_high'])}",
+                    "",
+                ],
+            ],
+        ),
+    ]
     recal = het.get("benefit_recalibration")
     if recal:
-        lines += ["", f"Benefit recalibration: {recal['description']}. Slope "
-                  f"{_fmt(recal['slope'], 2)} (SE {_fmt(recal['slope_se'], 2)}), average "
-                  f"effect {scale.benefit(recal['ate'])}."]
+        lines += [
+            "",
+            f"Benefit recalibration: {recal['description']}. Slope "
+            f"{_fmt(recal['slope'], 2)} (SE {_fmt(recal['slope_se'], 2)}), average "
+            f"effect {scale.benefit(recal['ate'])}.",
+        ]
     bc = het["benefit_calibration"]
-    lines += ["", f"Calibration for benefit by quantile group of predicted benefit (observed = "
-              f"mean doubly-robust score, {bc['level']:.0%} CI); slope across groups "
-              f"{_fmt(bc['slope'], 2)} (SE {_fmt(bc['slope_se'], 2)}), intercept "
-              f"{scale.benefit(bc['intercept'])}:", ""]
-    lines += _table(["Group", "n", "Predicted benefit range", "Mean predicted", "Mean observed",
-                     "CI"],
-                    [[f"Q{g['group']}", str(g["n"]),
-                      f"{scale.benefit(g['tau_min'])} to {scale.benefit(g['tau_max'])}",
-                      scale.benefit(g["mean_predicted"]), scale.benefit(g["mean_observed"]),
-                      f"{scale.benefit(g['ci_low'])} to {scale.benefit(g['ci_high'])}"]
-                     for g in bc["groups"]])
+    lines += [
+        "",
+        f"Calibration for benefit by quantile group of predicted benefit (observed = "
+        f"mean doubly-robust score, {bc['level']:.0%} CI); slope across groups "
+        f"{_fmt(bc['slope'], 2)} (SE {_fmt(bc['slope_se'], 2)}), intercept "
+        f"{scale.benefit(bc['intercept'])}:",
+        "",
+    ]
+    lines += _table(
+        ["Group", "n", "Predicted benefit range", "Mean predicted", "Mean observed", "CI"],
+        [
+            [
+                f"Q{g['group']}",
+                str(g["n"]),
+                f"{scale.benefit(g['tau_min'])} to {scale.benefit(g['tau_max'])}",
+                scale.benefit(g["mean_predicted"]),
+                scale.benefit(g["mean_observed"]),
+                f"{scale.benefit(g['ci_low'])} to {scale.benefit(g['ci_high'])}",
+            ]
+            for g in bc["groups"]
+        ],
+    )
 
     dec = card["decision_rule"]
     share = dec["share_either_training"]
-    lines += ["", "## Decision rule", "", dec["description"], "",
-              f"- Margin: {dec['margin_display']}; interval level: {dec['level']:.0%}; "
-              f"alpha: {dec['alpha']:g}.",
-              f"- {dec['evidence_status']}",
-              "- Share of training patients given 'either': "
-              + ("n/a" if share is None else f"{share:.0%}") + "."]
+    lines += [
+        "",
+        "## Decision rule",
+        "",
+        dec["description"],
+        "",
+        f"- Margin: {dec['margin_display']}; interval level: {dec['level']:.0%}; "
+        f"alpha: {dec['alpha']:g}.",
+        f"- {dec['evidence_status']}",
+        "- Share of training patients given 'either': "
+        + ("n/a" if share is None else f"{share:.0%}")
+        + ".",
+    ]
 
     exp = card["explanations"]
-    lines += ["", "## Explanations", "",
-              f"Per-patient drivers of the benefit: {exp['method']}, on the {exp['scale']}; "
-              f"{exp['additivity']}. Global importance: {exp['importance_measure']}.", ""]
-    lines += _table(["Feature", f"Mean |driver| ({scale.unit})"],
-                    [[i["label"], f"{i['mean_abs_contribution'] * scale.factor:.2f}"
-                      if binary else f"{i['mean_abs_contribution']:.3f}"]
-                     for i in exp["importance"][:TOP_MODERATORS]])
+    lines += [
+        "",
+        "## Explanations",
+        "",
+        f"Per-patient drivers of the benefit: {exp['method']}, on the {exp['scale']}; "
+        f"{exp['additivity']}. Global importance: {exp['importance_measure']}.",
+        "",
+    ]
+    lines += _table(
+        ["Feature", f"Mean |driver| ({scale.unit})"],
+        [
+            [
+                i["label"],
+                f"{i['mean_abs_contribution'] * scale.factor:.2f}"
+                if binary
+                else f"{i['mean_abs_contribution']:.3f}",
+            ]
+            for i in exp["importance"][:TOP_MODERATORS]
+        ],
+    )
 
     sub = card["subgroups"]
     lines += ["", "## Subgroup performance", ""]
@@ -1120,27 +1518,47 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         rows = []
         for r in sub["rows"]:
             se = r.get("observed_benefit_se")
-            rows.append([
-                str(r.get("feature_label") or r["feature"]), str(r["group"]), str(r["n"]),
-                *(f"{scale.outcome(r.get(f'predicted_{a}'))} / "
-                  f"{scale.outcome(r.get(f'observed_{a}'))}" for a in arms),
-                scale.benefit(r.get("predicted_benefit")),
-                scale.benefit(r.get("observed_benefit_dr"))
-                + ("" if se is None else f" ({scale.benefit(se).lstrip('+')})"),
-            ])
+            rows.append(
+                [
+                    str(r.get("feature_label") or r["feature"]),
+                    str(r["group"]),
+                    str(r["n"]),
+                    *(
+                        f"{scale.outcome(r.get(f'predicted_{a}'))} / "
+                        f"{scale.outcome(r.get(f'observed_{a}'))}"
+                        for a in arms
+                    ),
+                    scale.benefit(r.get("predicted_benefit")),
+                    scale.benefit(r.get("observed_benefit_dr"))
+                    + ("" if se is None else f" ({scale.benefit(se).lstrip('+')})"),
+                ]
+            )
         what = "response" if binary else "improvement"
-        lines += _table(["Feature", "Group", "n",
-                         *(f"{a} {what}: predicted / observed" for a in arms),
-                         "Predicted benefit", "Observed benefit (SE)"], rows)
+        lines += _table(
+            [
+                "Feature",
+                "Group",
+                "n",
+                *(f"{a} {what}: predicted / observed" for a in arms),
+                "Predicted benefit",
+                "Observed benefit (SE)",
+            ],
+            rows,
+        )
 
     lines += ["", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
 
 
-def model_card(result: TrainResult, *, model_name: str | None = None,
-               version: str | None = None, run_id: str | None = None) -> str:
+def model_card(
+    result: TrainResult,
+    *,
+    model_name: str | None = None,
+    version: str | None = None,
+    run_id: str | None = None,
+) -> str:
     """The model card as Markdown (rendered from :func:`model_card_dict`)."""
-    return render_model_card(model_card_dict(result, model_name=model_name, version=version,
-                                             run_id=run_id))
-
+    return render_model_card(
+        model_card_dict(result, model_name=model_name, version=version, run_id=run_id)
+    )

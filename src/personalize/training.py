@@ -61,9 +61,12 @@ class Candidate:
     policy: PolicyValueResult | None = None
 
     def metrics(self) -> dict[str, float]:
-        out = {"dr_loss": self.dr_loss, "r_loss": self.r_loss,
-               "benefit_slope": self.benefit_calibration.raw_slope,
-               "blp_differential_p": self.blp.differential_forest_prediction.p_value}
+        out = {
+            "dr_loss": self.dr_loss,
+            "r_loss": self.r_loss,
+            "benefit_slope": self.benefit_calibration.raw_slope,
+            "blp_differential_p": self.blp.differential_forest_prediction.p_value,
+        }
         if self.policy is not None:
             out["policy_gain"] = self.policy.gain_over_best_arm
         return out
@@ -149,8 +152,12 @@ def strata(cohort: Cohort) -> np.ndarray:
     return cohort.treated.astype(int) * 3 + level.astype(int)
 
 
-def cross_fit(learner: EffectLearner, cohort: Cohort, w: np.ndarray,
-              folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit(
+    learner: EffectLearner,
+    cohort: Cohort,
+    w: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold arm predictions for every patient; fits see observed rows only."""
     mu0 = np.empty(len(cohort))
     mu1 = np.empty(len(cohort))
@@ -158,13 +165,15 @@ def cross_fit(learner: EffectLearner, cohort: Cohort, w: np.ndarray,
     for k, (train, test) in enumerate(folds):
         fit_rows = train[obs[train]]
         model = learner.clone(seed=learner.seed + 101 * k).fit(
-            cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], w[fit_rows])
+            cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], w[fit_rows]
+        )
         mu0[test], mu1[test] = model.predict_arms(cohort.X.iloc[test])
     return mu0, mu1
 
 
-def bootstrap_ensemble(learner: EffectLearner, cohort: Cohort, w: np.ndarray, size: int,
-                       seed: int, step: Step) -> list[EffectLearner]:
+def bootstrap_ensemble(
+    learner: EffectLearner, cohort: Cohort, w: np.ndarray, size: int, seed: int, step: Step
+) -> list[EffectLearner]:
     """Refits on patient-level bootstrap resamples, stratified by arm."""
     rng = np.random.default_rng(seed)
     obs = cohort.observed
@@ -173,15 +182,23 @@ def bootstrap_ensemble(learner: EffectLearner, cohort: Cohort, w: np.ndarray, si
     for b in range(size):
         rows = np.concatenate([rng.choice(idx, len(idx), replace=True) for idx in arms])
         rows = rows[obs[rows]]
-        members.append(learner.clone(seed=seed + 7919 * (b + 1)).fit(
-            cohort.X.iloc[rows], cohort.treated[rows], cohort.y[rows], w[rows]))
+        members.append(
+            learner.clone(seed=seed + 7919 * (b + 1)).fit(
+                cohort.X.iloc[rows], cohort.treated[rows], cohort.y[rows], w[rows]
+            )
+        )
         step("bootstrap")
     return members
 
 
-def honest_calibration(p: np.ndarray, y: np.ndarray, w: np.ndarray, rows: np.ndarray,
-                       folds: list[tuple[np.ndarray, np.ndarray]],
-                       seed: int) -> tuple[ArmCalibrator, np.ndarray]:
+def honest_calibration(
+    p: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    rows: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+) -> tuple[ArmCalibrator, np.ndarray]:
     """Choose a calibrator on `rows` and return it with out-of-fold calibrated `p`: each
     fold is calibrated by a map fitted on the other folds' rows, so no patient's own
     outcome shapes their calibrated prediction (an in-sample map would leak it into the
@@ -194,8 +211,14 @@ def honest_calibration(p: np.ndarray, y: np.ndarray, w: np.ndarray, rows: np.nda
     return cal, honest
 
 
-def calibrate_arms(pipeline: Pipeline, cohort: Cohort, w: np.ndarray, mu0: np.ndarray,
-                   mu1: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> ArmFit:
+def calibrate_arms(
+    pipeline: Pipeline,
+    cohort: Cohort,
+    w: np.ndarray,
+    mu0: np.ndarray,
+    mu1: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+) -> ArmFit:
     """Per-arm calibration of a learner's arms (binary outcomes; continuous pass through)."""
     if pipeline.outcome.kind != "binary":
         return ArmFit(None, mu0, mu1)
@@ -215,17 +238,18 @@ class ArmFit:
     mu1: np.ndarray
 
 
-def fit_prognosis(pipeline: Pipeline, cohort: Cohort, w: np.ndarray,
-                  folds: list[tuple[np.ndarray, np.ndarray]]
-                  ) -> tuple[Prognosis, ArmCalibrator | None, np.ndarray]:
+def fit_prognosis(
+    pipeline: Pipeline, cohort: Cohort, w: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[Prognosis, ArmCalibrator | None, np.ndarray]:
     """The pooled prognostic model, its calibrator, and its honest out-of-fold m(x)."""
     kind = pipeline.outcome.kind
     obs = cohort.observed
     m = np.empty(len(cohort))
     for train, test in folds:
         r = train[obs[train]]
-        m[test] = Prognosis(kind).fit(cohort.X.iloc[r], cohort.y[r], w[r]).predict(
-            cohort.X.iloc[test])
+        m[test] = (
+            Prognosis(kind).fit(cohort.X.iloc[r], cohort.y[r], w[r]).predict(cohort.X.iloc[test])
+        )
     cal = None
     if kind == "binary":
         cal, m = honest_calibration(m, cohort.y, w, obs, folds, pipeline.training.seed)
@@ -233,9 +257,9 @@ def fit_prognosis(pipeline: Pipeline, cohort: Cohort, w: np.ndarray,
     return final, cal, m
 
 
-def assess_arms(pipeline: Pipeline, cohort: Cohort, w: np.ndarray, p0: np.ndarray,
-                p1: np.ndarray) -> tuple[dict[str, ArmCalibration],
-                                         dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+def assess_arms(
+    pipeline: Pipeline, cohort: Cohort, w: np.ndarray, p0: np.ndarray, p1: np.ndarray
+) -> tuple[dict[str, ArmCalibration], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per-arm calibration metrics and reliability data of out-of-fold predictions."""
     binary = pipeline.outcome.kind == "binary"
     labels = (pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)
@@ -263,8 +287,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
 
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in dict.fromkeys([NUISANCE, *cfg.learners]):
-        oof[name] = cross_fit(make_learner(name, pipeline.outcome.kind, cfg.seed), cohort, w,
-                              folds)
+        oof[name] = cross_fit(make_learner(name, pipeline.outcome.kind, cfg.seed), cohort, w, folds)
         step(f"cross-fit {name}")
     nuisance = oof[NUISANCE]
     scores = dr_scores(cohort.y, cohort.treated, e, *nuisance, w)
@@ -276,8 +299,9 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         tau_hat = arms.mu1 - arms.mu0
         blp = blp_test(cohort.y, cohort.treated, e, *nuisance, tau_hat, w)
         diff = blp.differential_forest_prediction
-        bc = BenefitCalibration.from_blp(blp.ate, blp.ate_se, diff.estimate, diff.se,
-                                         float(np.average(tau_hat, weights=None)))
+        bc = BenefitCalibration.from_blp(
+            blp.ate, blp.ate_se, diff.estimate, diff.se, float(np.average(tau_hat, weights=None))
+        )
         cand = Candidate(name, arms, tau_hat, bc.apply(tau_hat), blp, bc)
         # DR-loss of the benefit after calibration for benefit: its expectation is PEHE plus
         # a constant, and recalibrating first stops flat (over-shrunk) learners from winning
@@ -305,8 +329,10 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     alpha = pipeline.decision.alpha
     het = p_het < alpha
     ate_reliable = blp.ate_detected(alpha)
-    detail = (f"BLP differential p = {p_het:.3g} after adjusting for {len(candidates)} "
-              f"candidate learners; average effect p = {blp.ate_p_value:.3g}")
+    detail = (
+        f"BLP differential p = {p_het:.3g} after adjusting for {len(candidates)} "
+        f"candidate learners; average effect p = {blp.ate_p_value:.3g}"
+    )
     if het:
         reason = f"heterogeneity detected ({detail})"
     elif ate_reliable:
@@ -314,9 +340,13 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     else:
         reason = f"no evidence of heterogeneity nor of an average effect ({detail})"
     rule = DecisionRule(
-        treatment=pipeline.cohort.arm.treatment, control=pipeline.cohort.arm.control,
-        margin=pipeline.decision.margin, level=cfg.interval_level, alpha=alpha,
-        evidence=het or ate_reliable, evidence_reason=reason,
+        treatment=pipeline.cohort.arm.treatment,
+        control=pipeline.cohort.arm.control,
+        margin=pipeline.decision.margin,
+        level=cfg.interval_level,
+        alpha=alpha,
+        evidence=het or ate_reliable,
+        evidence_reason=reason,
         binary=binary,
     )
 
@@ -325,23 +355,42 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     step("refit")
     ensemble = bootstrap_ensemble(learner, cohort, w, cfg.bootstrap, cfg.seed, step)
     model = PersonalizeModel(
-        pipeline=pipeline, learner=learner, calibrators=best.arms.calibrators,
-        benefit_calibration=best.benefit_calibration, prognosis=prognosis,
-        prognosis_calibrator=prognosis_cal, allocation=e, ensemble=ensemble, rule=rule,
+        pipeline=pipeline,
+        learner=learner,
+        calibrators=best.arms.calibrators,
+        benefit_calibration=best.benefit_calibration,
+        prognosis=prognosis,
+        prognosis_calibrator=prognosis_cal,
+        allocation=e,
+        ensemble=ensemble,
+        rule=rule,
         training_range=TrainingRange.of(cohort.X),
-        info={"learner": chosen, "cohort_sha256": cohort_hash(frame),
-              "n_patients": len(cohort), "synthetic": pipeline.synthetic},
+        info={
+            "learner": chosen,
+            "cohort_sha256": cohort_hash(frame),
+            "n_patients": len(cohort),
+            "synthetic": pipeline.synthetic,
+        },
     )
     result = TrainResult(
-        model=model, cohort=cohort, ipcw=ipcw, candidates=candidates, chosen=chosen,
-        calibration=calibration, reliability=reliability, blp=blp,
-        heterogeneity_p=p_het, autoc=autoc, qini=qini, groups=groups,
+        model=model,
+        cohort=cohort,
+        ipcw=ipcw,
+        candidates=candidates,
+        chosen=chosen,
+        calibration=calibration,
+        reliability=reliability,
+        blp=blp,
+        heterogeneity_p=p_het,
+        autoc=autoc,
+        qini=qini,
+        groups=groups,
         policy=policy_value(scores, best.tau > 0, seed=cfg.seed),
-        scores=scores, oof_benefit=best.tau,
+        scores=scores,
+        oof_benefit=best.tau,
     )
     result.importance = moderator_importance(model, cohort.X)
-    result.subgroups = subgroup_performance(pipeline, cohort, [p0_oof, p1_oof], w, scores,
-                                            best.tau)
+    result.subgroups = subgroup_performance(pipeline, cohort, [p0_oof, p1_oof], w, scores, best.tau)
     decisions = model.predict(frame, explain=0)["recommendation"]
     result.share_either = float((decisions == "either").mean())
     return result
@@ -355,9 +404,14 @@ def moderator_importance(model: PersonalizeModel, X: pd.DataFrame) -> dict[str, 
     return {names[j]: float(mean_abs[j]) for j in order}
 
 
-def subgroup_performance(pipeline: Pipeline, cohort: Cohort, oof: list[np.ndarray],
-                         w: np.ndarray, scores: np.ndarray,
-                         benefit: np.ndarray) -> list[dict[str, Any]]:
+def subgroup_performance(
+    pipeline: Pipeline,
+    cohort: Cohort,
+    oof: list[np.ndarray],
+    w: np.ndarray,
+    scores: np.ndarray,
+    benefit: np.ndarray,
+) -> list[dict[str, Any]]:
     """Per subgroup (pipeline `subgroups`): n, per-arm predicted vs observed outcome and the
     mean predicted vs doubly-robust observed benefit (TRIPOD+AI fairness reporting)."""
     rows: list[dict[str, Any]] = []
@@ -372,13 +426,15 @@ def subgroup_performance(pipeline: Pipeline, cohort: Cohort, oof: list[np.ndarra
             labels = binned.astype(object).map(_band).fillna("missing").to_numpy()
         for level in pd.unique(labels):
             g = labels == level
-            row: dict[str, Any] = {"feature": name, "group": str(level), "n": int(g.sum()),
-                                   "predicted_benefit": float(benefit[g].mean()),
-                                   "observed_benefit_dr": float(scores[g].mean()),
-                                   "observed_benefit_se": float(
-                                       scores[g].std(ddof=1) / np.sqrt(max(g.sum(), 2)))}
-            for a, label in enumerate((pipeline.cohort.arm.control,
-                                       pipeline.cohort.arm.treatment)):
+            row: dict[str, Any] = {
+                "feature": name,
+                "group": str(level),
+                "n": int(g.sum()),
+                "predicted_benefit": float(benefit[g].mean()),
+                "observed_benefit_dr": float(scores[g].mean()),
+                "observed_benefit_se": float(scores[g].std(ddof=1) / np.sqrt(max(g.sum(), 2))),
+            }
+            for a, label in enumerate((pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)):
                 r = g & obs & (cohort.treated == a)
                 if w[r].sum() > 0:
                     row[f"predicted_{label}"] = float(np.average(oof[a][r], weights=w[r]))

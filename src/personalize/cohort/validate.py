@@ -53,8 +53,12 @@ class ValidationReport:
             "ok": self.ok,
             "n_rows": self.n_rows,
             "problems": [
-                {"column": p.column, "reason": p.reason, "n_rows": len(p.rows),
-                 "rows": list(p.rows[:SHOW_ROWS])}
+                {
+                    "column": p.column,
+                    "reason": p.reason,
+                    "n_rows": len(p.rows),
+                    "rows": list(p.rows[:SHOW_ROWS]),
+                }
                 for p in self.problems
             ],
             "missing_counts": self.missing_counts,
@@ -82,9 +86,7 @@ def _row_refs(
     idx = np.flatnonzero(mask.to_numpy(dtype=bool))
     if id_col in frame.columns and not by_number:
         ids = frame[id_col].to_numpy()
-        return tuple(
-            str(ids[i]) if not pd.isna(ids[i]) else f"row {i + 1}" for i in idx
-        )
+        return tuple(str(ids[i]) if not pd.isna(ids[i]) else f"row {i + 1}" for i in idx)
     return tuple(f"row {i + 1}" for i in idx)
 
 
@@ -141,8 +143,9 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
         if dup.any():
             refs = tuple(
                 f"row {r.removeprefix('row ')} (id {i})"
-                for r, i in zip(_row_refs(frame, id_col, dup, by_number=True), ids[dup],
-                                strict=True)
+                for r, i in zip(
+                    _row_refs(frame, id_col, dup, by_number=True), ids[dup], strict=True
+                )
             )
             add(Problem(id_col, "duplicate patient id", refs))
 
@@ -155,22 +158,26 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
         unknown = arm.notna() & ~arm.isin(arm_spec.labels)
         if unknown.any():
             labels = sorted(set(arm[unknown]))[:SHOW_ROWS]
-            add(Problem(
-                arm_spec.column,
-                f"arm label not one of {list(arm_spec.labels)} (found {labels})",
-                rows(unknown),
-            ))
+            add(
+                Problem(
+                    arm_spec.column,
+                    f"arm label not one of {list(arm_spec.labels)} (found {labels})",
+                    rows(unknown),
+                )
+            )
         report.arm_counts = {label: int((arm == label).sum()) for label in arm_spec.labels}
         seen = [label for label, n in report.arm_counts.items() if n > 0]
         if len(seen) == 1:
             add(Problem(arm_spec.column, f"only one arm present ({seen[0]}); need both"))
         for label, n in report.arm_counts.items():
             if 0 < n < rules.min_per_arm or (n == 0 and len(seen) != 1):
-                add(Problem(
-                    arm_spec.column,
-                    f"too few patients in arm {label}: {n} < {rules.min_per_arm} "
-                    "(validation.min_per_arm)",
-                ))
+                add(
+                    Problem(
+                        arm_spec.column,
+                        f"too few patients in arm {label}: {n} < {rules.min_per_arm} "
+                        "(validation.min_per_arm)",
+                    )
+                )
 
     for name, spec in pipeline.features.items():
         if name not in present:
@@ -181,11 +188,17 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
             if bad.any():
                 add(Problem(name, "not a finite number", rows(bad)))
             if spec.min is not None and (values < spec.min).any():
-                add(Problem(name, f"below the declared minimum {spec.min:g}",
-                            rows(values < spec.min)))
+                add(
+                    Problem(
+                        name, f"below the declared minimum {spec.min:g}", rows(values < spec.min)
+                    )
+                )
             if spec.max is not None and (values > spec.max).any():
-                add(Problem(name, f"above the declared maximum {spec.max:g}",
-                            rows(values > spec.max)))
+                add(
+                    Problem(
+                        name, f"above the declared maximum {spec.max:g}", rows(values > spec.max)
+                    )
+                )
             missing = int((values.isna() & ~bad).sum())
         else:
             assert isinstance(spec, CategoricalFeature)
@@ -193,8 +206,11 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
             unknown = text.notna() & ~text.isin(spec.levels)
             if unknown.any():
                 found = sorted(set(text[unknown]))[:SHOW_ROWS]
-                add(Problem(name, f"unknown level {found}; declared levels {spec.levels}",
-                            rows(unknown)))
+                add(
+                    Problem(
+                        name, f"unknown level {found}; declared levels {spec.levels}", rows(unknown)
+                    )
+                )
             missing = int(text.isna().sum())
         if missing:
             report.missing_counts[name] = missing
@@ -216,18 +232,24 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
         outcome_col = pipeline.outcome.followup or pipeline.outcome.column or "outcome"
         for label, n in report.observed_counts.items():
             if report.arm_counts.get(label, 0) and n < rules.min_observed_per_arm:
-                add(Problem(
-                    outcome_col,
-                    f"too few observed outcomes in arm {label}: {n} < "
-                    f"{rules.min_observed_per_arm} (validation.min_observed_per_arm)",
-                ))
+                add(
+                    Problem(
+                        outcome_col,
+                        f"too few observed outcomes in arm {label}: {n} < "
+                        f"{rules.min_observed_per_arm} (validation.min_observed_per_arm)",
+                    )
+                )
             elif pipeline.outcome.kind == "binary" and n:
                 responders = int(((arm == label) & (y == 1)).sum())
-                for what, count in (("responders", responders),
-                                    ("non-responders", n - responders)):
+                for what, count in (("responders", responders), ("non-responders", n - responders)):
                     if count < MIN_CLASS:
-                        add(Problem(outcome_col, f"too few {what} in arm {label}: {count} < "
-                                    f"{MIN_CLASS}; the arm's outcome cannot be modelled"))
+                        add(
+                            Problem(
+                                outcome_col,
+                                f"too few {what} in arm {label}: {count} < "
+                                f"{MIN_CLASS}; the arm's outcome cannot be modelled",
+                            )
+                        )
     return report
 
 
@@ -253,13 +275,21 @@ def _outcome_problems(
     base, follow = numbers[out.baseline], numbers[out.followup]
     orphan = base.isna() & follow.notna()
     if orphan.any():
-        add(Problem(out.followup, f"follow-up present where baseline {out.baseline} is missing",
-                    rows(orphan)))
+        add(
+            Problem(
+                out.followup,
+                f"follow-up present where baseline {out.baseline} is missing",
+                rows(orphan),
+            )
+        )
     if out.responder is not None and out.responder.relative_reduction is not None:
         nonpositive = base.notna() & (base <= 0)
         if nonpositive.any():
-            add(Problem(out.baseline, "a relative reduction needs a baseline above 0",
-                        rows(nonpositive)))
+            add(
+                Problem(
+                    out.baseline, "a relative reduction needs a baseline above 0", rows(nonpositive)
+                )
+            )
     return outcome_values(base, follow, pipeline).where(base.notna() & follow.notna())
 
 
@@ -330,8 +360,8 @@ def prepare(frame: pd.DataFrame, pipeline: Pipeline) -> Cohort:
     arm = _as_text(frame[pipeline.cohort.arm.column])
     pref = None
     if pipeline.cohort.preference:
-        pref = _as_text(frame[pipeline.cohort.preference]).fillna(NO_PREFERENCE).to_numpy(
-            dtype=object
+        pref = (
+            _as_text(frame[pipeline.cohort.preference]).fillna(NO_PREFERENCE).to_numpy(dtype=object)
         )
     return Cohort(
         ids=_as_text(frame[pipeline.cohort.id]).to_numpy(dtype=object),

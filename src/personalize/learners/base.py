@@ -33,8 +33,9 @@ class ArmContributions:
     base1: np.ndarray
     phi1: np.ndarray
 
-    def map_arms(self, h0: np.ndarray, hb0: np.ndarray, h1: np.ndarray,
-                 hb1: np.ndarray) -> ArmContributions:
+    def map_arms(
+        self, h0: np.ndarray, hb0: np.ndarray, h1: np.ndarray, hb1: np.ndarray
+    ) -> ArmContributions:
         """Carry the decomposition through per-arm monotone maps (link, calibration)."""
         return ArmContributions(
             self.names, hb0, rescale(self.phi0, h0 - hb0), hb1, rescale(self.phi1, h1 - hb1)
@@ -79,8 +80,7 @@ class EffectLearner(ABC):
         self.seed = seed
 
     @abstractmethod
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         """Fit on observed rows only; `weight` are the IPCW weights of those rows."""
 
     @abstractmethod

@@ -18,8 +18,7 @@ NUISANCE_FOLDS = 3
 class DRLearner(EffectRegressionLearner):
     name = "dr"
 
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"
         e = float(np.average(treated, weights=weight))
         mu = np.zeros((len(X), 2))
@@ -29,13 +28,13 @@ class DRLearner(EffectRegressionLearner):
             for arm in (0, 1):
                 rows = train[treated[train] == arm]
                 model = booster(classify, self.seed + arm).fit(
-                    X.iloc[rows], y[rows], sample_weight=weight[rows])
+                    X.iloc[rows], y[rows], sample_weight=weight[rows]
+                )
                 mu[test, arm] = booster_value(model, X.iloc[test], classify)
         residual = np.where(treated == 1, (y - mu[:, 1]) / e, -(y - mu[:, 0]) / (1 - e))
         pseudo = mu[:, 1] - mu[:, 0] + residual
         c = treated == 0
-        self.control_model_ = booster(classify, self.seed).fit(
-            X[c], y[c], sample_weight=weight[c])
+        self.control_model_ = booster(classify, self.seed).fit(X[c], y[c], sample_weight=weight[c])
         tau = booster(False, self.seed + 2).fit(X, pseudo, sample_weight=weight)
         self.effect_models_ = [(1.0, tau)]
         return self

@@ -76,8 +76,7 @@ class LinearLearner(EffectLearner):
 
     interactions = True
 
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         self.design_ = LinearDesign().fit(X, weight)
         Z = self.design_.transform(X)
         a = treated.astype(float)[:, None]
@@ -94,7 +93,7 @@ class LinearLearner(EffectLearner):
         self.intercept_ = float(np.ravel(model.intercept_)[0])
         self.beta_ = coef[:p]
         self.gamma_ = float(coef[p])
-        self.delta_ = coef[p + 1:] if self.interactions else np.zeros(p)
+        self.delta_ = coef[p + 1 :] if self.interactions else np.zeros(p)
         return self
 
     def _arm_terms(self, Z: np.ndarray, arm: int) -> tuple[float, np.ndarray]:

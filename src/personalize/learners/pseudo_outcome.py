@@ -40,6 +40,8 @@ class EffectRegressionLearner(EffectLearner):
         pad = np.zeros((len(X), 1))
         return ArmContributions(
             [*X.columns, ARM_DRIVER],
-            arm0.base, np.hstack([arm0.phi, pad]),
-            arm0.base + base, np.hstack([arm0.phi + phi, pad]),
+            arm0.base,
+            np.hstack([arm0.phi, pad]),
+            arm0.base + base,
+            np.hstack([arm0.phi + phi, pad]),
         )

@@ -20,16 +20,17 @@ def with_arm(X: pd.DataFrame, arm: np.ndarray | int) -> pd.DataFrame:
 class SLearner(EffectLearner):
     name = "s"
 
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         self.model_ = booster(self.kind == "binary", self.seed)
         self.model_.fit(with_arm(X, treated), y, sample_weight=weight)
         return self
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         classify = self.kind == "binary"
-        return (booster_value(self.model_, with_arm(X, 0), classify),
-                booster_value(self.model_, with_arm(X, 1), classify))
+        return (
+            booster_value(self.model_, with_arm(X, 0), classify),
+            booster_value(self.model_, with_arm(X, 1), classify),
+        )
 
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         classify = self.kind == "binary"

@@ -14,8 +14,7 @@ from personalize.learners.boosting import booster, booster_arm, booster_value
 class TLearner(EffectLearner):
     name = "t"
 
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"
         self.models_ = []
         for arm in (0, 1):
@@ -27,13 +26,18 @@ class TLearner(EffectLearner):
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         classify = self.kind == "binary"
-        return (booster_value(self.models_[0], X, classify),
-                booster_value(self.models_[1], X, classify))
+        return (
+            booster_value(self.models_[0], X, classify),
+            booster_value(self.models_[1], X, classify),
+        )
 
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         a0, a1 = (booster_arm(m, X, self.kind == "binary") for m in self.models_)
         pad = np.zeros((len(X), 1))
         return ArmContributions(
             [*X.columns, ARM_DRIVER],
-            a0.base, np.hstack([a0.phi, pad]), a1.base, np.hstack([a1.phi, pad]),
+            a0.base,
+            np.hstack([a0.phi, pad]),
+            a1.base,
+            np.hstack([a1.phi, pad]),
         )

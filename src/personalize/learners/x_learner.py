@@ -15,14 +15,13 @@ from personalize.learners.pseudo_outcome import EffectRegressionLearner
 class XLearner(EffectRegressionLearner):
     name = "x"
 
-    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
-            weight: np.ndarray) -> Self:
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"
         t = treated == 1
         self.control_model_ = booster(classify, self.seed).fit(
-            X[~t], y[~t], sample_weight=weight[~t])
-        treated_model = booster(classify, self.seed + 1).fit(
-            X[t], y[t], sample_weight=weight[t])
+            X[~t], y[~t], sample_weight=weight[~t]
+        )
+        treated_model = booster(classify, self.seed + 1).fit(X[t], y[t], sample_weight=weight[t])
         imputed_t = y[t] - booster_value(self.control_model_, X[t], classify)
         imputed_c = booster_value(treated_model, X[~t], classify) - y[~t]
         tau_t = booster(False, self.seed + 2).fit(X[t], imputed_t, sample_weight=weight[t])

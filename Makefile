@@ -9,19 +9,23 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-data/stamp_demo.parquet: $(STAMP)
-	$(BIN)/personalize simulate --scenario stamp --n 770 --seed 1 --out $@ --truth data/stamp_demo_truth.parquet
+# The demo: a SYNTHETIC STAMP-shaped cohort (pipelines/stamp.yaml says how it is made),
+# validated, trained, promoted through its gates and served on http://127.0.0.1:8000
+data/stamp_demo.parquet: $(STAMP) pipelines/stamp.yaml
+	$(BIN)/personalize simulate --pipeline pipelines/stamp.yaml
 
 demo: data/stamp_demo.parquet
 	$(BIN)/personalize validate pipelines/stamp.yaml
+	$(BIN)/personalize train pipelines/stamp.yaml
+	$(BIN)/personalize promote personalize-stamp candidate
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src service tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -34,29 +34,52 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @app.command()
 def simulate(
-    scenario: Annotated[str, typer.Option(help="stamp, stamp-null or optimum")],
-    out_path: Annotated[Path, typer.Option("--out", help="cohort file (.csv or .parquet)")],
+    scenario: Annotated[str | None, typer.Option(help="stamp, stamp-null or optimum")] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="cohort file (.csv or .parquet)")
+    ] = None,
     n: Annotated[int | None, typer.Option(help="patients (default: the trial's size)")] = None,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int | None, typer.Option(help="random seed; same seed, same bytes")] = None,
     truth: Annotated[
         Path | None, typer.Option(help="write each patient's true per-arm quantities here")
     ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(help="take scenario, n, seed and --out from this pipeline's cohort block"),
+    ] = None,
 ) -> None:
     """Generate a SYNTHETIC two-arm trial with known potential outcomes."""
+    from personalize.cohort.pipeline import PipelineError, load_pipeline
     from personalize.cohort.simulate import SCENARIOS
     from personalize.cohort.simulate import simulate as run
     from personalize.cohort.table import TableError, write_table
 
+    if pipeline is not None:
+        try:
+            spec = load_pipeline(pipeline)
+        except PipelineError as exc:
+            fail(str(exc))
+        if spec.cohort.simulate is None or spec.cohort.path is None:
+            fail(f"--pipeline: {pipeline} has no cohort.simulate block and cohort.path")
+        scenario = scenario or spec.cohort.simulate.scenario
+        n = n if n is not None else spec.cohort.simulate.n
+        seed = seed if seed is not None else spec.cohort.simulate.seed
+        out_path = out_path or Path(spec.cohort.path)
+        if truth is None:
+            truth = out_path.with_name(f"{out_path.stem}_truth{out_path.suffix}")
+    if scenario is None or out_path is None:
+        fail("give --scenario and --out, or --pipeline")
     if scenario not in SCENARIOS:
         fail(f"--scenario: unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if n is not None and n < 10:
         fail("--n: need at least 10 patients")
+    seed = 0 if seed is None else seed
     try:
         trial = run(scenario, n=n, seed=seed)
         write_table(trial.cohort, out_path)
         if truth is not None:
             write_table(trial.truth, truth)
-    except TableError as exc:
+    except (TableError, ValueError) as exc:
         fail(str(exc))
     out.print(
         f"wrote SYNTHETIC cohort '{scenario}' ({len(trial.cohort)} patients, seed {seed}) "
@@ -156,14 +179,14 @@ def train(
 @app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="registered model name")],
-    version: Annotated[str, typer.Argument(help="model version")],
+    version: Annotated[str, typer.Argument(help="model version, or an alias (candidate)")],
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
 ) -> None:
     """Move alias `champion` to NAME/VERSION if its promotion gates pass."""
     from personalize import tracking
 
     try:
-        checks = tracking.promote(name, version, tracking_uri)
+        version, checks = tracking.promote(name, version, tracking_uri)
     except tracking.GateError as exc:
         fail(f"not promoted: {exc}", code=1)
     for check in checks:

@@ -7,7 +7,10 @@ registration is the last step, after every artifact has been written.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -43,6 +46,15 @@ PACKAGES = [
     "mlflow",
     "pydantic",
 ]
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own chatter (table creation, progress bars, pickling notices) is not for
+    our users' terminals; warnings and errors still come through."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the CloudPickle notice
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def default_tracking_uri() -> str:
@@ -154,6 +166,7 @@ def train(
     """Validate, train, log everything, register a version with alias `candidate`."""
     from personalize import report, training
 
+    quiet_mlflow()
     uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -217,15 +230,16 @@ def train(
                 ],
             )
         summary = result.summary()
-        mv = mlflow.register_model(
-            info.model_uri,
-            name,
-            tags={
-                "synthetic": str(pipeline.synthetic).lower(),
-                "learner": result.chosen,
-                "run_id": run.info.run_id,
-            },
-        )
+        with contextlib.redirect_stderr(io.StringIO()):  # "Created version ..." chatter
+            mv = mlflow.register_model(
+                info.model_uri,
+                name,
+                tags={
+                    "synthetic": str(pipeline.synthetic).lower(),
+                    "learner": result.chosen,
+                    "run_id": run.info.run_id,
+                },
+            )
         client.set_registered_model_alias(name, CANDIDATE, mv.version)
         for key, value in _gate_metrics(result).items():
             client.set_model_version_tag(name, mv.version, key, str(value))
@@ -256,11 +270,17 @@ class GateError(Exception):
     """A version that does not meet its pipeline's promotion gates."""
 
 
-def promote(name: str, version: str, tracking_uri: str | None = None) -> list[str]:
-    """Move `champion` to NAME/VERSION if every gate passes; return the checks made."""
+def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[str, list[str]]:
+    """Move `champion` to NAME/VERSION (a number or an alias such as `candidate`) if every
+    gate passes; return the version promoted and the checks made."""
+    quiet_mlflow()
     client = MlflowClient(tracking_uri or default_tracking_uri())
     try:
-        mv = client.get_model_version(name, version)
+        if version.isdigit():
+            mv = client.get_model_version(name, version)
+        else:  # an alias such as "candidate"
+            mv = client.get_model_version_by_alias(name, version)
+            version = str(mv.version)
     except mlflow.exceptions.MlflowException:
         raise GateError(f"no model version {name}/{version} in the registry") from None
     run = client.get_run(mv.run_id) if mv.run_id else None
@@ -301,11 +321,12 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> list[st
     if failed:
         raise GateError("gates failed: " + "; ".join(failed))
     client.set_registered_model_alias(name, CHAMPION, version)
-    return checked
+    return version, checked
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> PersonalizeModel:
     """The registered PersonalizeModel itself (what the service and the scorer call)."""
+    quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts")
     model: PersonalizeModel = joblib.load(Path(local) / MODEL_FILE)

@@ -1,0 +1,1 @@
+"""The HTTP layer of personalize: FastAPI app, auth, audit log, CDS Hooks, clinician page."""

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The demo: a SYNTHETIC STAMP-shaped cohort (pipelines/stamp.yaml says how it is made),
 # validated, trained, promoted through its gates and served on http://127.0.0.1:8000
@@ -24,7 +28,7 @@ demo: data/stamp_demo.parquet
 	$(BIN)/personalize train pipelines/stamp.yaml
 	$(BIN)/personalize promote personalize-stamp candidate
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check src service tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -238,5 +238,113 @@ def _render_report(report: ValidationReport, path: Path) -> None:
     out.print("[red]invalid[/]")
 
 
+# --- the HTTP service (service/): serve, keys -------------------------------------------
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="model URI (default: models:/<the pipeline's model name>@champion)"),
+    ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(help="pipeline file naming the default model (default pipelines/stamp.yaml)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Run the HTTP service (recommendations, model card, CDS Hooks, metrics)."""
+    from service.commands import CommandError
+    from service.commands import serve as run
+
+    try:
+        run(
+            model=model,
+            pipeline=pipeline,
+            host=host,
+            port=port,
+            workers=workers,
+            tracking_uri=tracking_uri,
+            echo=lambda text: err.print(text, highlight=False, soft_wrap=True),
+        )
+    except CommandError as exc:
+        fail(str(exc))
+
+
+keys_app = typer.Typer(
+    help="API keys for the service; only salted hashes are stored (audit database).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(help="audit database URL (default: PERSONALIZE_DATABASE_URL, models/service.db)"),
+]
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="clinician, researcher or admin")],
+    note: Annotated[str | None, typer.Option(help="who or what the key is for")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a key and print it ONCE (stdout); only its salted hash is stored."""
+    from service.commands import CommandError
+    from service.commands import keys_create as run
+
+    try:
+        key_id, key = run(role, note, database_url)
+    except CommandError as exc:
+        fail(str(exc))
+    err.print(
+        f"created key {key_id} with role {role}; it is shown once, store it now", highlight=False
+    )
+    print(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key id (from keys list)")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a key; every replica refuses it from the next request on."""
+    from service.commands import CommandError
+    from service.commands import keys_revoke as run
+
+    try:
+        run(key_id, database_url)
+    except CommandError as exc:
+        fail(str(exc), code=1)
+    out.print(f"revoked key {key_id}", highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List keys (id, role, note, created, revoked); never the secrets."""
+    from service.commands import CommandError
+    from service.commands import keys_list as run
+
+    try:
+        rows = run(database_url)
+    except CommandError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+        out.print(
+            f"{r['key_id']}  {r['role']:<10}  created {r['created_at']}  {state}"
+            + (f"  {r['note']}" if r["note"] else ""),
+            highlight=False,
+        )
+
+
 if __name__ == "__main__":
     app()

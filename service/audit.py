@@ -1,0 +1,250 @@
+"""The audit database (SQLAlchemy): API keys, the audit log of every recommendation, and the
+service's own secrets. SQLite by default, PostgreSQL in production; several service
+processes share it, so nothing another replica needs lives in process memory.
+
+The audit log holds no patient covariates: only a pseudonymous patient reference (keyed
+HMAC of the caller's reference with a server secret), who asked (key id), which model
+answered, and what it recommended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+PSEUDONYM_SECRET = "pseudonym_hmac_key"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    """A key's salted hash and role; the secret itself is never stored."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    algorithm: Mapped[str] = mapped_column(String(64))  # e.g. scrypt$16384$8$1
+    salt: Mapped[str] = mapped_column(String(64))  # hex
+    hash: Mapped[str] = mapped_column(String(128))  # hex
+    note: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRecord(Base):
+    """One recommendation given: who asked, which model answered, what it said."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_created_at", "created_at"),
+        Index("ix_audit_log_patient", "patient_pseudonym"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    channel: Mapped[str] = mapped_column(String(16))  # single | batch | cds-hooks
+    key_id: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(32))
+    model_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    recommendation: Mapped[str] = mapped_column(String(200))
+    benefit: Mapped[float] = mapped_column(Float)
+    benefit_lower: Mapped[float] = mapped_column(Float)
+    benefit_upper: Mapped[float] = mapped_column(Float)
+    outcome_treatment: Mapped[float] = mapped_column(Float)
+    outcome_control: Mapped[float] = mapped_column(Float)
+
+
+class ServiceSecret(Base):
+    """Secrets every replica must share (e.g. the pseudonym key when not set in settings)."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What the routes hand to `Database.record` for one patient."""
+
+    patient_ref: str | None
+    recommendation: str
+    benefit: float
+    benefit_lower: float
+    benefit_upper: float
+    outcome_treatment: float
+    outcome_control: float
+
+
+class Database:
+    """Engine, sessions and the pseudonym key of the audit database."""
+
+    def __init__(self, url: str, pseudonym_secret: str | None = None) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._pseudonym_key: bytes | None = pseudonym_secret.encode() if pseudonym_secret else None
+
+    def create_schema(self) -> None:
+        """Create the tables if absent. Several workers may start at once: a concurrent
+        creator's 'already exists' is not an error, so retry a few times."""
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except (IntegrityError, ProgrammingError, OperationalError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def pseudonym_key(self) -> bytes:
+        """The HMAC key: from settings, else the one stored in the database (created by
+        whichever replica needs it first)."""
+        if self._pseudonym_key is None:
+            with self.session() as session:
+                self._pseudonym_key = _shared_secret(session, PSEUDONYM_SECRET).encode()
+        return self._pseudonym_key
+
+    def pseudonym(self, patient_ref: str | None) -> str | None:
+        if patient_ref is None:
+            return None
+        return hmac.new(self.pseudonym_key(), patient_ref.encode(), hashlib.sha256).hexdigest()
+
+    def record(
+        self,
+        session: Session,
+        *,
+        channel: str,
+        key_id: str,
+        model_name: str,
+        model_version: str,
+        model_run_id: str | None,
+        entries: Sequence[AuditEntry],
+    ) -> list[str]:
+        """Write one audit row per entry and commit; returns the rows' ids."""
+        request_id = uuid.uuid4().hex
+        now = utcnow()
+        rows = [
+            AuditRecord(
+                id=uuid.uuid4().hex,
+                request_id=request_id,
+                created_at=now,
+                channel=channel,
+                key_id=key_id,
+                model_name=model_name,
+                model_version=model_version,
+                model_run_id=model_run_id,
+                patient_pseudonym=self.pseudonym(e.patient_ref),
+                recommendation=e.recommendation,
+                benefit=e.benefit,
+                benefit_lower=e.benefit_lower,
+                benefit_upper=e.benefit_upper,
+                outcome_treatment=e.outcome_treatment,
+                outcome_control=e.outcome_control,
+            )
+            for e in entries
+        ]
+        session.add_all(rows)
+        session.commit()
+        return [r.id for r in rows]
+
+
+def make_engine(url: str) -> Engine:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the installed driver
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url.removeprefix(plain)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # several worker processes, one file
+            # WAL + NORMAL: no fsync per commit, never corrupt; a power loss (not a process
+            # crash) can lose the last commits. Production audit logs belong in PostgreSQL.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    return engine
+
+
+def _shared_secret(session: Session, name: str) -> str:
+    row = session.get(ServiceSecret, name)
+    if row is not None:
+        return row.value
+    session.add(ServiceSecret(name=name, value=secrets.token_hex(32)))
+    try:
+        session.commit()
+    except IntegrityError:  # another replica created it first: use theirs
+        session.rollback()
+    value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == name))
+    assert value is not None
+    return value
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.database
+    return db
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """FastAPI dependency: one session per request, closed afterwards."""
+    with get_database(request).session() as session:
+        yield session
+
+
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "AuditRecord",
+    "Base",
+    "Database",
+    "SQLAlchemyError",
+    "ServiceSecret",
+    "get_database",
+    "get_session",
+    "make_engine",
+]

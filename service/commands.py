@@ -1,0 +1,154 @@
+"""What `personalize serve` and `personalize keys ...` do (the Typer wrappers live in
+personalize.cli and import this module only when such a command runs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from copy import deepcopy
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.audit import Database
+from service.auth import ROLE_NAMES, create_key, list_keys, revoke_key
+from service.settings import Settings, SettingsError
+
+
+class CommandError(Exception):
+    """A problem to report to the user (no traceback)."""
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the service's own INFO lines (no patient data in them)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = deepcopy(LOGGING_CONFIG)
+    config["loggers"]["personalize"] = {
+        "handlers": ["default"],
+        "level": os.environ.get("PERSONALIZE_LOG_LEVEL", "INFO").upper(),
+        "propagate": False,
+    }
+    return config
+
+
+def serve(
+    *,
+    model: str | None,
+    pipeline: Path | None,
+    host: str,
+    port: int,
+    workers: int,
+    tracking_uri: str | None,
+    echo: Any = print,
+) -> None:
+    """Resolve the settings once, hand them to every worker through the environment, run
+    uvicorn. Several workers get a fresh Prometheus multiprocess directory."""
+    import uvicorn
+
+    if workers < 1:
+        raise CommandError("--workers: need at least 1")
+    settings = _settings(model_uri=model, pipeline=pipeline, tracking_uri=tracking_uri)
+    try:
+        model_uri = settings.resolved_model_uri()
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+    env = {
+        "PERSONALIZE_MODEL_URI": model_uri,
+        "PERSONALIZE_TRACKING_URI": settings.resolved_tracking_uri(),
+        "PERSONALIZE_DATABASE_URL": settings.resolved_database_url(),
+        "PERSONALIZE_CACHE_DIR": str(Path(settings.cache_dir).resolve()),
+    }
+    os.environ.update(env)
+    own_metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="personalize-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    echo(
+        f"serving {model_uri} (registry {env['PERSONALIZE_TRACKING_URI']}) on "
+        f"http://{host}:{port} with {workers} worker(s); audit database "
+        f"{_redact(env['PERSONALIZE_DATABASE_URL'])}"
+    )
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config(),
+        )
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+def _database(database_url: str | None) -> Database:
+    settings = _settings(database_url=database_url)
+    db = Database(settings.resolved_database_url())
+    db.create_schema()
+    return db
+
+
+def keys_create(role: str, note: str | None, database_url: str | None) -> tuple[str, str]:
+    if role not in ROLE_NAMES:
+        raise CommandError(f"--role: choose one of {', '.join(ROLE_NAMES)}")
+    db = _database(database_url)
+    try:
+        return create_key(db, role, note)
+    finally:
+        db.dispose()
+
+
+def keys_revoke(key_id: str, database_url: str | None) -> None:
+    db = _database(database_url)
+    try:
+        if not revoke_key(db, key_id):
+            raise CommandError(f"no key with id {key_id!r}")
+    finally:
+        db.dispose()
+
+
+def _utc(value: datetime) -> str:
+    """ISO 8601 in UTC (SQLite returns naive datetimes; they were written in UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def keys_list(database_url: str | None) -> list[dict[str, Any]]:
+    db = _database(database_url)
+    try:
+        return [
+            {
+                "key_id": k.key_id,
+                "role": k.role,
+                "note": k.note,
+                "created_at": _utc(k.created_at),
+                "revoked_at": _utc(k.revoked_at) if k.revoked_at else None,
+            }
+            for k in list_keys(db)
+        ]
+    finally:
+        db.dispose()
+
+
+__all__ = ["CommandError", "keys_create", "keys_list", "keys_revoke", "serve"]

@@ -27,6 +27,9 @@ demo: data/stamp_demo.parquet
 	$(BIN)/personalize validate pipelines/stamp.yaml
 	$(BIN)/personalize train pipelines/stamp.yaml
 	$(BIN)/personalize promote personalize-stamp candidate
+	@echo "clinician API key for the page at http://127.0.0.1:8000/ (shown once):"
+	@$(BIN)/personalize keys create --role clinician --note "make demo"
+	$(BIN)/personalize serve --pipeline pipelines/stamp.yaml --port 8000
 
 test: $(STAMP) browser
 	$(BIN)/ruff check src service tests benchmarks

@@ -346,5 +346,110 @@ def keys_list(
         )
 
 
+@app.command()
+def score(
+    input_path: Annotated[Path, typer.Argument(help="referral list (.csv or .parquet)")],
+    out_path: Annotated[
+        Path,
+        typer.Option("--out", help="scored rows (.csv or .parquet; a directory with spark)"),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="model URI (default: models:/<--pipeline's model name>@champion)"),
+    ] = None,
+    pipeline: Annotated[
+        Path | None, typer.Option(help="pipeline YAML whose registered model to use")
+    ] = None,
+    explain: Annotated[int, typer.Option(help="top drivers per patient (0: none)")] = 3,
+    rejects: Annotated[
+        Path | None, typer.Option(help="rejected rows (default: OUTPUT's name + .rejects)")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="local, or spark (Parquet in and out)")] = "local",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    chunk_size: Annotated[int, typer.Option(help="rows per chunk (bounds memory)")] = 50_000,
+    threads: Annotated[
+        int | None, typer.Option(help="threads for the tree kernels (default: all cores)")
+    ] = None,
+    spark_master: Annotated[
+        str | None, typer.Option(help="Spark master for --engine spark (e.g. local[4])")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON last")] = False,
+) -> None:
+    """Score a referral list: every row ends in OUTPUT or in the rejects file."""
+    import logging
+    import signal
+
+    from personalize import scoring
+    from personalize.cohort.pipeline import PipelineError, load_pipeline
+
+    if engine not in ("local", "spark"):
+        fail(f"--engine: choose local or spark, not {engine!r}")
+    if model is None:
+        if pipeline is None:
+            fail("pass --model URI, or --pipeline PIPELINE.yaml to score with its champion")
+        try:
+            model = scoring.default_model_uri(load_pipeline(pipeline))
+        except PipelineError as exc:
+            fail(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def terminate(signum: int, frame: object) -> None:  # kill: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        resolved = scoring.resolve_model(model, tracking_uri)
+        if engine == "spark":
+            from personalize import spark_scoring
+
+            summary = spark_scoring.score_spark(
+                resolved,
+                input_path,
+                out_path,
+                explain=explain,
+                rejects_path=rejects,
+                chunk_size=chunk_size,
+                spark=spark_scoring.session(spark_master),
+            )
+        else:
+            summary = scoring.score_file(
+                resolved.model,
+                input_path,
+                out_path,
+                model_name=resolved.name,
+                model_version=resolved.version,
+                explain=explain,
+                rejects_path=rejects,
+                chunk_size=chunk_size,
+                threads=threads,
+                progress=err.is_terminal,
+            )
+    except scoring.ScoringError as exc:
+        fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted: nothing written under the output names", code=130)
+    s = summary
+    out.print(
+        f"scored {s.scored:,} of {s.rows_in:,} rows with {s.model_name} version "
+        f"{s.model_version} into {s.output}; {s.rejected:,} rejected into {s.rejects}",
+        highlight=False,
+    )
+    for reason, count in list(s.reasons.items())[:10]:
+        out.print(f"  rejected {count:,}: {reason}", highlight=False)
+    out.print(
+        f"{s.rows_per_second:,.0f} rows/s, {s.seconds:.1f} s, peak RSS {s.peak_rss_mib:,.0f} MiB",
+        highlight=False,
+    )
+    if as_json:
+        print(json.dumps(s.to_dict()))
+
+
+# The recovery study (issue 4). personalize.study keeps its heavy imports inside functions,
+# so importing it here keeps `personalize --help` fast.
+from personalize.study import study  # noqa: E402
+
+app.command()(study)
+
+
 if __name__ == "__main__":
     app()

@@ -6,6 +6,7 @@ interval, the recommendation with its rationale, the top drivers and warnings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from personalize import fast_trees
 from personalize.calibration import ArmCalibrator, BenefitCalibration
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 from personalize.cohort.validate import NO_PREFERENCE, feature_frame
@@ -114,14 +116,28 @@ class PersonalizeModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """benefit +- z * sd, where sd combines the bootstrap variance of the learner's
         prediction (scaled by the benefit slope) and the uncertainty of the benefit
-        calibration's average effect and slope."""
+        calibration's average effect and slope.
+
+        Every bootstrap member's trees are evaluated together, in one compiled pass per
+        input (`fast_trees.batch`; raw scores bit-identical to LightGBM's), so the interval
+        no longer costs one LightGBM call per member and arm. With a benefit slope of 0
+        (no heterogeneity: the calibrated benefit ignores the learner) the members' spread
+        does not enter and is not computed."""
         bc = self.benefit_calibration
-        draws = np.column_stack([self._raw_benefit(m, X) for m in self.ensemble])
-        var = bc.slope**2 * draws.var(axis=1, ddof=1)
-        var += bc.coefficient_var(self._raw_benefit(self.learner, X))
+        with self._batch():
+            if bc.slope == 0:  # the members' spread is multiplied by 0: skip computing it
+                var = np.zeros(len(X))
+            else:
+                draws = np.column_stack([self._raw_benefit(m, X) for m in self.ensemble])
+                var = bc.slope**2 * draws.var(axis=1, ddof=1)
+            var += bc.coefficient_var(self._raw_benefit(self.learner, X))
         z = float(norm.ppf(0.5 + self.rule.level / 2))
         half = z * np.sqrt(var)
         return benefit - half, benefit + half
+
+    def _batch(self) -> contextlib.AbstractContextManager[None]:
+        """Evaluate the learner's and every bootstrap member's boosters together."""
+        return fast_trees.batch(fast_trees.boosters_of(self.learner, self.ensemble))
 
     def benefit_drivers(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, base, phi) with base + phi.sum(1) == benefit exactly, on the outcome's
@@ -146,10 +162,17 @@ class PersonalizeModel:
         return raw.names, base, rescale(phi, p1 - p0 - base)
 
     def predict(self, frame: pd.DataFrame, explain: int = 3) -> pd.DataFrame:
+        return self.render(self.predict_arrays(frame, explain))
+
+    def predict_arrays(self, frame: pd.DataFrame, explain: int = 3) -> Predictions:
+        """predict's answer as arrays, before rendering: what the batch scorer writes as
+        columns. `predict` is exactly `render(predict_arrays(...))`."""
         X = self.features(frame)
-        p0, p1 = self.arms(X)
-        benefit = p1 - p0
-        lower, upper = self.benefit_interval(X, benefit)
+        with self._batch():  # each booster evaluated once per input, shared by all steps
+            p0, p1 = self.arms(X)
+            benefit = p1 - p0
+            lower, upper = self.benefit_interval(X, benefit)
+            names, index, contribution = self._top_drivers(X, explain)
         pref_col = self.pipeline.cohort.preference
         pref = None
         if pref_col and pref_col in frame.columns:
@@ -160,46 +183,94 @@ class PersonalizeModel:
                 .to_numpy()
             )
         rec, why = self.rule.decide(benefit, lower, upper, pref)
+        id_col = self.pipeline.cohort.id
+        ids = frame[id_col].astype(str).to_numpy() if id_col in frame.columns else None
+        return Predictions(
+            X=X,
+            ids=ids,
+            outcome_control=p0,
+            outcome_treatment=p1,
+            benefit=benefit,
+            benefit_lower=lower,
+            benefit_upper=upper,
+            recommendation=rec,
+            rationale=why,
+            driver_names=names,
+            driver_index=index,
+            driver_contribution=contribution,
+            warnings=self.training_range.warnings(X),
+        )
+
+    def render(self, pred: Predictions) -> pd.DataFrame:
+        """The one output frame of the service and the pyfunc (drivers and warnings as
+        JSON text)."""
         result = pd.DataFrame(
             {
-                "outcome_control": p0,
-                "outcome_treatment": p1,
-                "benefit": benefit,
-                "benefit_lower": lower,
-                "benefit_upper": upper,
-                "recommendation": rec,
-                "rationale": why,
+                "outcome_control": pred.outcome_control,
+                "outcome_treatment": pred.outcome_treatment,
+                "benefit": pred.benefit,
+                "benefit_lower": pred.benefit_lower,
+                "benefit_upper": pred.benefit_upper,
+                "recommendation": pred.recommendation,
+                "rationale": pred.rationale,
             }
         )
-        result["drivers"] = [json.dumps(d) for d in self.drivers(X, explain)]
-        result["warnings"] = [json.dumps(w) for w in self.training_range.warnings(X)]
-        id_col = self.pipeline.cohort.id
-        if id_col in frame.columns:
-            result.insert(0, id_col, frame[id_col].astype(str).to_numpy())
+        dicts = self._driver_dicts(
+            pred.X, pred.driver_names, pred.driver_index, pred.driver_contribution
+        )
+        result["drivers"] = [json.dumps(d) for d in dicts]
+        result["warnings"] = [json.dumps(w) for w in pred.warnings]
+        if pred.ids is not None:
+            result.insert(0, self.pipeline.cohort.id, pred.ids)
         return result
 
     def drivers(self, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:
+        return self._driver_dicts(X, *self._top_drivers(X, k))
+
+    def _top_drivers(self, X: pd.DataFrame, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(names, index n x k, contribution n x k): each patient's k largest drivers by
+        |contribution|; index -1 (contribution 0) where a driver contributes nothing."""
         if k <= 0:
-            return [[] for _ in range(len(X))]
+            return [], np.zeros((len(X), 0), dtype=np.int64), np.zeros((len(X), 0))
         names, _, phi = self.benefit_drivers(X)
         order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
+        contribution = np.take_along_axis(phi, order, axis=1)
+        index = np.where(contribution == 0, -1, order)
+        # drivers that contribute nothing are left out; keep the others in order
+        keep = np.argsort(index < 0, axis=1, kind="stable")
+        index = np.take_along_axis(index, keep, axis=1)
+        contribution = np.where(index < 0, 0.0, np.take_along_axis(contribution, keep, axis=1))
+        return names, index, contribution
+
+    def _driver_dicts(
+        self, X: pd.DataFrame, names: list[str], index: np.ndarray, contribution: np.ndarray
+    ) -> list[list[dict[str, Any]]]:
         t, ctrl = self.rule.treatment, self.rule.control
+        labels = [self._label(name) for name in names]
+        values: dict[int, list[Any]] = {}
+
+        def value(j: int, i: int) -> Any:
+            if names[j] == ARM_DRIVER:
+                return None
+            if j not in values:
+                values[j] = _display_column(X[names[j]])
+            return values[j][i]
+
         out = []
-        for i, top in enumerate(order):
+        for i, (top, contrib) in enumerate(
+            zip(index.tolist(), contribution.tolist(), strict=True)
+        ):
             row = []
-            for j in top:
-                name = names[j]
-                value = None if name == ARM_DRIVER else _display(X[name].iloc[i])
-                contrib = float(phi[i, j])
-                if contrib == 0:
+            for j, c in zip(top, contrib, strict=True):
+                if j < 0:
                     continue
                 row.append(
                     {
-                        "feature": name,
-                        "label": self._label(name),
-                        "value": value,
-                        "contribution": contrib,
-                        "direction": f"favours {t}" if contrib > 0 else f"favours {ctrl}",
+                        "feature": names[j],
+                        "label": labels[j],
+                        "value": value(j, i),
+                        "contribution": c,
+                        "direction": f"favours {t}" if c > 0 else f"favours {ctrl}",
                     }
                 )
             out.append(row)
@@ -242,3 +313,29 @@ def _display(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _display_column(col: pd.Series) -> list[Any]:
+    """`_display` of every value of a feature column (floats, level names, None)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [_display(v) for v in col.astype(object).tolist()]
+    return [None if v != v else v for v in col.to_numpy(dtype=float).tolist()]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per patient, as arrays: what `PersonalizeModel.predict` renders."""
+
+    X: pd.DataFrame
+    ids: np.ndarray | None
+    outcome_control: np.ndarray
+    outcome_treatment: np.ndarray
+    benefit: np.ndarray
+    benefit_lower: np.ndarray
+    benefit_upper: np.ndarray
+    recommendation: np.ndarray
+    rationale: np.ndarray
+    driver_names: list[str]
+    driver_index: np.ndarray  # n x k, into driver_names; -1: no driver
+    driver_contribution: np.ndarray  # n x k, on the outcome scale; + favours treatment
+    warnings: list[list[str]]

@@ -13,6 +13,7 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from personalize.learners.base import Kind
@@ -41,10 +42,16 @@ class Prognosis:
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The fitted model's prediction, computed row by row with the same arithmetic
+        whatever the batch: scikit-learn's BLAS product blocks rows by batch size, which
+        moved the last bit of a patient's answer with its neighbours (service vs scorer)."""
         Z = self.design_.transform(X)
+        score = np.einsum("ij,j->i", Z, np.ravel(self.model_.coef_)) + float(
+            np.ravel(self.model_.intercept_)[0]
+        )
         if isinstance(self.model_, LogisticRegression):
-            return np.asarray(self.model_.predict_proba(Z)[:, 1], dtype=float)
-        return np.asarray(self.model_.predict(Z), dtype=float)
+            return np.asarray(expit(score), dtype=float)
+        return np.asarray(score, dtype=float)
 
 
 def split_arms(

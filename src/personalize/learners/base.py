@@ -58,8 +58,10 @@ def rescale(phi: np.ndarray, target: np.ndarray) -> np.ndarray:
     spread in proportion to |phi| (or evenly), which keeps the sum exact.
     """
     total = phi.sum(axis=1)
-    out = np.empty_like(phi)
     ok = np.abs(total) > 1e-12
+    if ok.all():  # the common case, without the masked copies (same values)
+        return phi * (target / total)[:, None]
+    out = np.empty_like(phi)
     out[ok] = phi[ok] * (target[ok] / total[ok])[:, None]
     if (~ok).any():
         rest = phi[~ok]

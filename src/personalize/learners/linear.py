@@ -67,7 +67,8 @@ class LinearDesign:
     def by_feature(self, terms: np.ndarray) -> np.ndarray:
         """Sum encoded-column terms (n x columns) into per-feature contributions."""
         out = np.zeros((terms.shape[0], len(self.features_)))
-        np.add.at(out.T, self.groups_, terms.T)
+        for col, group in enumerate(self.groups_):  # np.add.at's order, without its overhead
+            out[:, group] += terms[:, col]
         return out
 
 

@@ -1,0 +1,135 @@
+"""The full recovery study and peer benchmark (issue 4), writing benchmarks/results/.
+
+    .venv/bin/python benchmarks/recovery.py                 # every part (about 1-2 hours)
+    .venv/bin/python benchmarks/recovery.py --part main     # stamp + stamp-null, N = 770
+    .venv/bin/python benchmarks/recovery.py --part continuous
+    .venv/bin/python benchmarks/recovery.py --part curve --replications 10
+
+Parts:
+- main: `stamp` and `stamp-null` at N = 770 with the peers (the committed table);
+- continuous: `pipelines/stamp-continuous.yaml` (improvement in BPI severity) at N = 770;
+- curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve).
+
+Each part writes `<prefix>-records.csv` (one row per replication and method),
+`<prefix>-summary.csv`, `<prefix>-diagnosis.json`, plots and `<prefix>.md` under --out, and
+logs one MLflow run in experiment `recovery-study`. The narrative with the targets is
+benchmarks/results/recovery.md. Thin on purpose: the study is `personalize.study`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from personalize.study import (
+    PEERS,
+    SAMPLE_SIZES,
+    StudyResult,
+    log_to_mlflow,
+    render,
+    run_study,
+    summarize,
+    write_outputs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+PARTS: dict[str, list[tuple[str, str, tuple[int, ...], str]]] = {
+    # part: [(scenario, pipeline, sizes, output prefix)]
+    "main": [
+        ("stamp", "pipelines/stamp.yaml", (770,), "stamp"),
+        ("stamp-null", "pipelines/stamp-null.yaml", (770,), "stamp-null"),
+    ],
+    "continuous": [("stamp", "pipelines/stamp-continuous.yaml", (770,), "stamp-continuous")],
+    "curve": [("stamp", "pipelines/stamp.yaml", SAMPLE_SIZES, "stamp-curve")],
+}
+
+
+def _callbacks(
+    bar: Progress, task: Any, label: str, log: bool
+) -> tuple[Callable[[str], None], Callable[[int], None]]:
+    """Progress description per step; a bar step (and a log line) per replication."""
+
+    def say(message: str) -> None:
+        bar.update(task, description=f"{label} {message}")
+
+    def done(r: int) -> None:
+        bar.advance(task)
+        if log:  # not a terminal: one line per replication for the log file
+            print(f"{label}: replication {r + 1} done", file=sys.stderr, flush=True)
+
+    return say, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument("--replications", type=int, default=20)
+    parser.add_argument("--test-n", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # pipeline paths are relative to the repository
+    command = "python benchmarks/recovery.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    console = Console(width=200) if not Console().is_terminal else Console()
+    err = Console(stderr=True)
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    peers = () if args.no_peers else PEERS
+    for part in parts:
+        for scenario, pipeline, sizes, prefix in PARTS[part]:
+            results: list[StudyResult] = []
+            start = time.perf_counter()
+            with Progress(
+                TextColumn("{task.description:<44}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            ) as bar:
+                task = bar.add_task(prefix, total=args.replications * len(sizes))
+                for n in sizes:
+                    say, done = _callbacks(bar, task, f"{prefix} N={n}", not err.is_terminal)
+                    results.append(
+                        run_study(
+                            scenario,
+                            pipeline,
+                            replications=args.replications,
+                            n=n,
+                            test_n=args.test_n,
+                            peers=peers,
+                            seed=args.seed,
+                            progress=say,
+                            on_replication=done,
+                        )
+                    )
+            files = write_outputs(results, args.out, prefix, command)
+            import pandas as pd
+
+            records = pd.concat([r.records for r in results], ignore_index=True)
+            render(summarize(records, results[0].level), f"{prefix} ({pipeline})", console)
+            console.print(
+                f"{prefix}: {(time.perf_counter() - start) / 60:.1f} min; wrote "
+                + ", ".join(p.name for p in files.values()),
+                highlight=False,
+            )
+            if not args.no_mlflow:
+                run_id = log_to_mlflow(results, files, args.tracking_uri, command)
+                console.print(f"MLflow run {run_id}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,765 @@
+"""Exact compiled evaluation of small LightGBM boosters: predictions and TreeSHAP.
+
+A fitted booster is fixed at scoring time and its trees are small (TRIAL_PARAMS: at most 7
+leaves, so at most 6 internal nodes). Both things LightGBM computes per row depend on the
+row only through the outcome of each internal node's split test:
+
+* the prediction is the leaf the row reaches, and
+* path-dependent TreeSHAP (what ``pred_contrib`` and SHAP's TreeExplainer compute for a
+  LightGBM model) decides, at every internal node, only which child is "hot" for the row
+  (``Tree::TreeSHAP`` calls ``Decision(feature_values[split_feature], node)`` and never
+  reads the row otherwise); everything else in the recursion is the tree's structure,
+  its cover counts and leaf values.
+
+So per tree the row's *decision pattern* (one bit per internal node: did the row go
+right?) determines both. With k internal nodes there are 2**k patterns (64 for k = 6);
+we precompute, per tree and pattern, the leaf value and the Shapley contribution of every
+feature the tree splits on. Boosters over the same features are compiled together into a
+`Forest`: each distinct split of all its trees is tested once per row (a byte per split and
+row, in blocks of 256 rows), each tree assembles its pattern from those bytes, and a table
+look-up gives its leaf value or its contributions. The tables are exact: the leaf table
+is the tree itself, and the SHAP table is the Shapley value of the path-dependent value
+function ``v(S) = sum_leaves value * prod_{f on path} (o_f if f in S else z_f)`` (o_f: the row
+satisfies every split on f along the path; z_f: product of the cover fractions), which is
+exactly what TreeSHAP computes (Lundberg et al. 2020, Algorithm 2), here evaluated by the
+polynomial form of the product game's Shapley value.
+
+Split tests follow LightGBM 4 (``tree.h``) to the bit: ``value <= threshold`` for
+numeric splits with the missing-type rules (NaN becomes 0.0 unless the split's missing
+type is NaN; a NaN- or Zero-type split sends missing values to its default side),
+categorical splits by bitset membership of ``static_cast<int>(value)`` (NaN and negative
+go right), and inputs with ``|value| <= kZeroThreshold`` read as 0.0 as LightGBM's dense
+row reader does. Predictions add leaf values in tree order from 0.0 exactly as
+``GBDT::PredictRaw`` does, so raw scores are bit-identical to ``Booster.predict``;
+contributions agree with ``pred_contrib`` to rounding (tested to 1e-9 on the raw scale,
+observed ~1e-15) and are the same bits for a row whatever batch it is scored in.
+
+Entry points: `raw_score` and `contributions` (used by `learners.boosting`), and
+`batch(models)`: inside it, the first request for any of the models' raw scores on a frame
+evaluates all of them on that frame in one pass (`PersonalizeModel.predict` wraps the
+learner and every bootstrap member in one batch, so the interval costs one pass, not one
+LightGBM call per member and arm).
+
+Anything outside that envelope (linear trees, multiclass, early-stopped models, trees with
+more than ``MAX_NODES`` internal nodes, numba unavailable, inputs LightGBM would convert
+to float32) makes these return None, and callers fall back to LightGBM itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import itertools
+import math
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:  # numba is the fast path; without it callers use LightGBM (exact, slower)
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    HAVE_NUMBA = False
+
+# LightGBM's kZeroThreshold is the float 1e-35f; as a double:
+ZERO_THRESHOLD = float(np.float32(1e-35))
+MAX_NODES = 8  # internal nodes per tree: a pattern fits a byte, 256 table entries at most
+BLOCK = 256  # rows per block in the kernels (the block's split tests stay in L2)
+MIN_ROWS = 512  # raw scores outside a batch: below this LightGBM is as fast
+MIN_PARALLEL_ROWS = 4_096  # rows per thread at least (smaller calls run on one thread)
+
+MODE_NUMERIC, MODE_ZERO, MODE_CATEGORICAL = 0, 1, 2
+INT_LIMIT = 2147483648.0  # static_cast<int> of values >= 2**31 is INT_MIN on x86 (goes right)
+
+_threads = max(1, int(os.environ.get("PERSONALIZE_THREADS", "1")))
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def set_threads(n: int) -> None:
+    """Threads a large call may use (results are identical for any value)."""
+    global _threads
+    _threads = max(1, int(n))
+
+
+def threads() -> int:
+    return _threads
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < _threads:
+            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="fast-trees")
+        return _pool
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One LightGBM tree as written in its model string (internal nodes 0..k-1; a child
+    index c < 0 is leaf ~c)."""
+
+    num_leaves: int
+    split_feature: np.ndarray
+    threshold: np.ndarray
+    decision_type: np.ndarray
+    left_child: np.ndarray
+    right_child: np.ndarray
+    leaf_value: np.ndarray
+    leaf_count: np.ndarray
+    internal_count: np.ndarray
+    cat_boundaries: np.ndarray
+    cat_threshold: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return self.num_leaves - 1
+
+    def count(self, node: int) -> float:
+        """LightGBM's data_count(node): the training rows that reached a node or leaf."""
+        return float(self.internal_count[node] if node >= 0 else self.leaf_count[~node])
+
+    def expected_value(self) -> float:
+        """Tree::ExpectedValue, same operations in the same order."""
+        if self.num_leaves == 1:
+            return float(self.leaf_value[0])
+        total = float(self.internal_count[0])
+        value = 0.0
+        for i in range(self.num_leaves):
+            value += (float(self.leaf_count[i]) / total) * float(self.leaf_value[i])
+        return value
+
+
+@dataclass(frozen=True)
+class ParsedModel:
+    feature_names: list[str]
+    trees: list[Tree]
+    pandas_categorical: list[list[Any]] | None
+    supported: str | None  # None when compilable, else why not
+
+
+def _numbers(text: str, kind: type) -> np.ndarray:
+    parts = text.split()
+    if kind is float:
+        return np.array([float(p) for p in parts], dtype=np.float64)
+    return np.array([int(p) for p in parts], dtype=np.int64)
+
+
+def parse_model_string(text: str) -> ParsedModel:
+    """Read LightGBM's text model format (what pickling a booster stores)."""
+    import json
+
+    header: dict[str, str] = {}
+    trees: list[Tree] = []
+    why: str | None = None
+    blocks = text.split("\nTree=")
+    for line in blocks[0].splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            header[key.strip()] = value.strip()
+    for block in blocks[1:]:
+        fields: dict[str, str] = {}
+        for line in block.split("\nend of trees")[0].splitlines()[1:]:
+            if "=" in line:
+                key, _, value = line.partition("=")
+                fields[key.strip()] = value.strip()
+        if not fields:
+            continue
+        num_leaves = int(fields["num_leaves"])
+        if int(fields.get("is_linear", "0")):
+            why = "linear trees"
+        empty_i = np.zeros(0, dtype=np.int64)
+        empty_f = np.zeros(0, dtype=np.float64)
+        multi = num_leaves > 1
+        trees.append(
+            Tree(
+                num_leaves=num_leaves,
+                split_feature=_numbers(fields["split_feature"], int) if multi else empty_i,
+                threshold=_numbers(fields["threshold"], float) if multi else empty_f,
+                decision_type=_numbers(fields["decision_type"], int) if multi else empty_i,
+                left_child=_numbers(fields["left_child"], int) if multi else empty_i,
+                right_child=_numbers(fields["right_child"], int) if multi else empty_i,
+                leaf_value=_numbers(fields["leaf_value"], float),
+                leaf_count=_numbers(fields.get("leaf_count", ""), int) if multi else empty_i,
+                internal_count=(
+                    _numbers(fields.get("internal_count", ""), int) if multi else empty_i
+                ),
+                cat_boundaries=_numbers(fields.get("cat_boundaries", ""), int),
+                cat_threshold=_numbers(fields.get("cat_threshold", ""), int),
+            )
+        )
+    if int(header.get("num_tree_per_iteration", "1")) != 1:
+        why = "more than one tree per iteration (multiclass)"
+    if any(t.k > MAX_NODES for t in trees):
+        why = f"trees with more than {MAX_NODES} internal nodes"
+    pandas_categorical = None
+    marker = "\npandas_categorical:"
+    if marker in text:
+        raw = text.rsplit(marker, 1)[1].strip().splitlines()[0]
+        pandas_categorical = json.loads(raw)
+    names = header.get("feature_names", "").split()
+    return ParsedModel(names, trees, pandas_categorical, why)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pattern_leaves(tree: Tree) -> np.ndarray:
+    """Leaf reached under each decision pattern (bit j set: internal node j goes right)."""
+    patterns = np.arange(1 << tree.k)
+    leaves = np.empty(len(patterns), dtype=np.int64)
+    for p in patterns:
+        node = 0
+        while node >= 0 and tree.k > 0:
+            node = tree.right_child[node] if (p >> node) & 1 else tree.left_child[node]
+        leaves[p] = ~node if tree.k > 0 else 0
+    return leaves
+
+
+def _paths(tree: Tree) -> list[tuple[int, list[tuple[int, bool, int]]]]:
+    """(leaf, [(node, goes_right, child), ...]) for every leaf, root first."""
+    out: list[tuple[int, list[tuple[int, bool, int]]]] = []
+
+    def walk(node: int, path: list[tuple[int, bool, int]]) -> None:
+        for right, child in ((False, tree.left_child[node]), (True, tree.right_child[node])):
+            step = [*path, (node, right, int(child))]
+            if child < 0:
+                out.append((int(~child), step))
+            else:
+                walk(int(child), step)
+
+    if tree.k > 0:
+        walk(0, [])
+    return out
+
+
+def _shapley_weights(d: int) -> np.ndarray:
+    """w[s] = s! (d - s - 1)! / d! for s = 0..d-1."""
+    return np.array(
+        [math.factorial(s) * math.factorial(d - s - 1) / math.factorial(d) for s in range(d)]
+    )
+
+
+def shap_table(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
+    """(features, table[q, pattern]): each split feature's path-dependent TreeSHAP value for
+    every decision pattern of the tree, on the raw scale."""
+    feats = list(dict.fromkeys(int(f) for f in tree.split_feature))
+    index = {f: q for q, f in enumerate(feats)}
+    n_pat = 1 << tree.k
+    bits = (np.arange(n_pat)[None, :] >> np.arange(max(tree.k, 1))[:, None]) & 1  # k x P
+    table = np.zeros((len(feats), n_pat))
+    for leaf, path in _paths(tree):
+        value = float(tree.leaf_value[leaf])
+        # per unique feature on the path: one fraction (0/1 per pattern), zero fraction
+        one: dict[int, np.ndarray] = {}
+        zero: dict[int, float] = {}
+        for node, right, child in path:
+            f = int(tree.split_feature[node])
+            hot = bits[node] == (1 if right else 0)
+            one[f] = one[f] & hot if f in one else hot
+            zero[f] = zero.get(f, 1.0) * (tree.count(child) / tree.count(node))
+        path_feats = list(one)
+        d = len(path_feats)
+        w = _shapley_weights(d)
+        for f in path_feats:
+            # sum over subsets S of the other path features of w(|S|) prod_S o * prod_rest z:
+            # the coefficients of prod_{g != f} (z_g + o_g t), weighted by w.
+            poly = np.zeros((d, n_pat))
+            poly[0] = 1.0
+            for g in path_feats:
+                if g == f:
+                    continue
+                o = one[g].astype(float)
+                shifted = np.vstack([np.zeros((1, n_pat)), poly[:-1] * o])
+                poly = poly * zero[g] + shifted
+            total = (w[:, None] * poly).sum(axis=0)
+            table[index[f]] += value * (one[f].astype(float) - zero[f]) * total
+    return np.asarray(feats, dtype=np.int64), table
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _jit(fn: Any) -> Any:
+    """Compile without the GIL, cached on disk where numba finds a writable place."""
+    try:
+        return njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # no writable cache location (read-only install): per process
+        return njit(nogil=True)(fn)
+
+
+if HAVE_NUMBA:
+
+    @_jit
+    def _decide(xt, b0, m, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn, cat_bits, D):
+        """D[u, r] = 1 where row b0 + r goes right at distinct split u."""
+        for u in range(len(s_feat)):
+            f = s_feat[u]
+            thr = s_thr[u]
+            dflt = s_left[u]
+            mode = s_mode[u]
+            if mode == 0:  # numeric; NaN goes to its precomputed side
+                for r in range(m):
+                    v = xt[f, b0 + r]
+                    if (v >= -1.0000000180025095e-35) & (v <= 1.0000000180025095e-35):
+                        v = 0.0
+                    left = (v <= thr) | ((v != v) & dflt)
+                    D[u, r] = np.uint8(not left)
+            elif mode == 1:  # missing type Zero: NaN and zero go to the default side
+                for r in range(m):
+                    v = xt[f, b0 + r]
+                    tiny = (v >= -1.0000000180025095e-35) & (v <= 1.0000000180025095e-35)
+                    miss = (v != v) | tiny
+                    left = dflt if miss else v <= thr
+                    D[u, r] = np.uint8(not left)
+            else:  # categorical: int(value) in the bitset goes left; NaN, negative go right
+                c0 = s_cat0[u]
+                cn = s_catn[u]
+                for r in range(m):
+                    v = xt[f, b0 + r]
+                    left = False
+                    if v > -1.0 and v < 2147483648.0:
+                        c = np.int64(v)
+                        word = c >> 5
+                        if word < cn:
+                            left = ((cat_bits[c0 + word] >> (c & 31)) & 1) == 1
+                    D[u, r] = np.uint8(not left)
+
+    @_jit
+    def _pattern(D, m, node_u, n0, k, pat):
+        for r in range(m):
+            pat[r] = 0
+        for j in range(k):
+            u = node_u[n0 + j]
+            sh = np.uint8(j)
+            for r in range(m):
+                pat[r] = np.uint8(pat[r] | (D[u, r] << sh))
+
+    @_jit
+    def _predict_kernel(xt, start, stop, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn,
+                        cat_bits, node_u, tree_node0, tree_tab0, tree_out, leaf_tab,
+                        out):  # fmt: skip
+        D = np.zeros((len(s_feat), 256), dtype=np.uint8)
+        pat = np.zeros(256, dtype=np.uint8)
+        for b0 in range(start, stop, 256):
+            m = min(256, stop - b0)
+            _decide(xt, b0, m, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn, cat_bits, D)
+            for t in range(len(tree_out)):
+                n0 = tree_node0[t]
+                _pattern(D, m, node_u, n0, tree_node0[t + 1] - n0, pat)
+                o = tree_out[t]
+                tab = tree_tab0[t]
+                for r in range(m):  # LightGBM's order: each tree added in turn from 0.0
+                    out[o, b0 + r] += leaf_tab[tab + np.int64(pat[r])]
+
+    @_jit
+    def _contrib_kernel(xt, start, stop, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn,
+                        cat_bits, node_u, tree_node0, tree_feat0, tree_feats, tree_shap0,
+                        shap_tab, out):  # fmt: skip
+        D = np.zeros((len(s_feat), 256), dtype=np.uint8)
+        pat = np.zeros(256, dtype=np.uint8)
+        for b0 in range(start, stop, 256):
+            m = min(256, stop - b0)
+            _decide(xt, b0, m, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn, cat_bits, D)
+            for t in range(len(tree_shap0)):
+                n0 = tree_node0[t]
+                k = tree_node0[t + 1] - n0
+                _pattern(D, m, node_u, n0, k, pat)
+                n_pat = 1 << k
+                for q in range(tree_feat0[t + 1] - tree_feat0[t]):
+                    f = tree_feats[tree_feat0[t] + q]
+                    off = tree_shap0[t] + q * n_pat
+                    for r in range(m):
+                        out[f, b0 + r] += shap_tab[off + np.int64(pat[r])]
+
+
+# --------------------------------------------------------------------------- forest
+
+
+def _layout(parsed: ParsedModel) -> tuple[Any, ...]:
+    import json
+
+    return (tuple(parsed.feature_names), json.dumps(parsed.pandas_categorical))
+
+
+class Forest:
+    """One or more boosters over the same features, compiled together: each distinct
+    split is tested once per row, then every tree reads its pattern from those tests."""
+
+    def __init__(self, models: Sequence[ParsedModel]) -> None:
+        first = models[0]
+        self.feature_names = first.feature_names
+        self.n_features = len(first.feature_names)
+        self.pandas_categorical = first.pandas_categorical
+        self.n_outputs = len(models)
+        self.trees = [tree for parsed in models for tree in parsed.trees]
+        splits: dict[tuple[Any, ...], int] = {}
+        s_feat, s_mode, s_thr, s_left, s_cat0, s_catn = [], [], [], [], [], []
+        cat_bits: list[int] = []
+        node_u: list[int] = []
+        tree_node0: list[int] = [0]
+        tree_tab0: list[int] = []
+        tree_out: list[int] = []
+        leaf_tab: list[float] = []
+        for out, parsed in enumerate(models):
+            for tree in parsed.trees:
+                for j in range(tree.k):
+                    key = _split_key(tree, j)
+                    if key not in splits:
+                        splits[key] = len(splits)
+                        feat, mode, thr, left, bits = key
+                        s_feat.append(feat)
+                        s_mode.append(mode)
+                        s_thr.append(thr)
+                        s_left.append(left)
+                        s_cat0.append(len(cat_bits))
+                        s_catn.append(len(bits))
+                        cat_bits.extend(bits)
+                    node_u.append(splits[key])
+                tree_node0.append(len(node_u))
+                tree_tab0.append(len(leaf_tab))
+                leaf_tab.extend(tree.leaf_value[_pattern_leaves(tree)].tolist())
+                tree_out.append(out)
+        self.split_args = (
+            np.asarray(s_feat, dtype=np.int64),
+            np.asarray(s_mode, dtype=np.int8),
+            np.asarray(s_thr, dtype=np.float64),
+            np.asarray(s_left, dtype=np.bool_),
+            np.asarray(s_cat0, dtype=np.int64),
+            np.asarray(s_catn, dtype=np.int64),
+            np.asarray(cat_bits, dtype=np.uint32),
+            np.asarray(node_u, dtype=np.int64),
+            np.asarray(tree_node0, dtype=np.int64),
+        )
+        self.tree_tab0 = np.asarray(tree_tab0, dtype=np.int64)
+        self.tree_out = np.asarray(tree_out, dtype=np.int64)
+        self.leaf_tab = np.asarray(leaf_tab, dtype=np.float64)
+        self.n_splits = len(splits)
+        self._shap: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        base = 0.0
+        for tree in self.trees:  # GBDT::PredictContrib adds each ExpectedValue in order
+            base += tree.expected_value()
+        self.expected_value = base
+
+    def matrix(self, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
+        """Feature-major float64 copy of X as LightGBM reads it, or None where LightGBM
+        would read it differently (float32 conversion, another column count)."""
+        n_rows = X.shape[0]
+        if isinstance(X, pd.DataFrame):
+            if X.shape[1] != self.n_features:
+                return None
+            cats = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
+            stored = self.pandas_categorical or []
+            if len(cats) != len(stored):
+                return None
+            levels = dict(zip(cats, stored, strict=True))
+            xt = np.empty((self.n_features, n_rows), dtype=np.float64)
+            wide = False  # LightGBM reads float64 only if some column is 64-bit
+            for j, name in enumerate(X.columns):
+                col = X[name]
+                if name in levels:
+                    if list(col.cat.categories) != list(levels[name]):
+                        col = col.cat.set_categories(levels[name])
+                    codes = col.cat.codes.to_numpy()
+                    missing = codes < 0
+                    xt[j] = codes
+                    if missing.any():
+                        xt[j, missing] = np.nan
+                        wide = True
+                elif col.dtype == np.float64:
+                    xt[j] = col.to_numpy()
+                    wide = True
+                else:
+                    return None
+            return xt if wide else None
+        arr = np.asarray(X)
+        if arr.ndim != 2 or arr.shape[1] != self.n_features or arr.dtype != np.float64:
+            return None
+        return np.ascontiguousarray(arr.T)
+
+    def _run(self, kernel: Any, xt: np.ndarray, args: tuple[Any, ...], out: np.ndarray) -> None:
+        n = xt.shape[1]
+        parts = min(_threads, max(1, n // MIN_PARALLEL_ROWS))
+        if parts <= 1:
+            kernel(xt, 0, n, *args, out)
+            return
+        edges = (np.linspace(0, n, parts + 1) // BLOCK * BLOCK).astype(np.int64)
+        edges[-1] = n
+        pool = _executor()
+        futures = [
+            pool.submit(functools.partial(kernel, xt, a, b, *args, out))
+            for a, b in itertools.pairwise(edges.tolist())
+            if b > a
+        ]
+        for fut in futures:
+            fut.result()
+
+    def raw_scores(self, xt: np.ndarray) -> np.ndarray:
+        """(boosters, rows): each booster's raw score, bit-identical to LightGBM's."""
+        out = np.zeros((self.n_outputs, xt.shape[1]), dtype=np.float64)
+        if xt.shape[1]:
+            args = (*self.split_args, self.tree_tab0, self.tree_out, self.leaf_tab)
+            self._run(_predict_kernel, xt, args, out)
+        return out
+
+    def _shap_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._shap is None:
+                feat0, feats, shap0, tabs = [0], [], [], []
+                off = 0
+                for tree in self.trees:
+                    f, table = shap_table(tree)
+                    feats.extend(f.tolist())
+                    feat0.append(feat0[-1] + len(f))
+                    shap0.append(off)
+                    tabs.append(table.ravel())
+                    off += table.size
+                self._shap = (
+                    np.asarray(feat0, dtype=np.int64),
+                    np.asarray(feats, dtype=np.int64),
+                    np.asarray(shap0, dtype=np.int64),
+                    np.concatenate(tabs) if tabs else np.zeros(0),
+                )
+            return self._shap
+
+    def contributions(self, xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(phi rows x features, base rows) on the raw scale, as pred_contrib splits them
+        (summed over the forest's trees: use one booster per forest)."""
+        tables = self._shap_tables()
+        out = np.zeros((self.n_features, xt.shape[1]), dtype=np.float64)
+        if xt.shape[1]:
+            self._run(_contrib_kernel, xt, (*self.split_args, *tables), out)
+        return np.ascontiguousarray(out.T), np.full(xt.shape[1], self.expected_value)
+
+
+def _split_key(tree: Tree, j: int) -> tuple[int, int, float, bool, tuple[int, ...]]:
+    """(feature, mode, threshold, NaN/default side, category bitset): equal keys are the
+    same test for every input."""
+    dt = int(tree.decision_type[j])
+    thr = float(tree.threshold[j])
+    feat = int(tree.split_feature[j])
+    if dt & 1:  # categorical
+        cat_idx = int(thr)
+        lo, hi = int(tree.cat_boundaries[cat_idx]), int(tree.cat_boundaries[cat_idx + 1])
+        bits = tuple(int(b) for b in tree.cat_threshold[lo:hi])
+        return (feat, MODE_CATEGORICAL, 0.0, False, bits)
+    default_left = bool(dt & 2)
+    missing = (dt >> 2) & 3  # 0 None, 1 Zero, 2 NaN
+    if missing == 1:
+        return (feat, MODE_ZERO, thr, default_left, ())
+    # NaN reads as 0.0 unless the split's missing type is NaN (then: the default side)
+    return (feat, MODE_NUMERIC, thr, default_left if missing == 2 else thr >= 0.0, ())
+
+
+# --------------------------------------------------------------------------- caches
+
+_parsed: weakref.WeakKeyDictionary[Any, ParsedModel | None] = weakref.WeakKeyDictionary()
+_single: weakref.WeakKeyDictionary[Any, Forest] = weakref.WeakKeyDictionary()
+_combined: dict[tuple[int, ...], tuple[list[weakref.ref[Any]], Forest]] = {}
+_cache_lock = threading.RLock()
+MAX_COMBINED = 8
+
+
+def parsed_model(model: Any) -> ParsedModel | None:
+    """The parsed booster of a fitted LGBMModel (cached), or None if not compilable."""
+    if not HAVE_NUMBA:
+        return None
+    with _cache_lock:
+        try:
+            return _parsed[model]
+        except KeyError:
+            pass
+        except TypeError:
+            return None
+        booster = getattr(model, "booster_", None)
+        parsed: ParsedModel | None = None
+        if booster is not None and booster.best_iteration <= 0:
+            candidate = parse_model_string(booster.model_to_string())
+            parsed = candidate if candidate.supported is None else None
+        _parsed[model] = parsed
+        return parsed
+
+
+def single_forest(model: Any) -> Forest | None:
+    parsed = parsed_model(model)
+    if parsed is None:
+        return None
+    with _cache_lock:
+        forest = _single.get(model)
+        if forest is None:
+            forest = _single[model] = Forest([parsed])
+        return forest
+
+
+def combined_forest(models: Sequence[Any]) -> Forest:
+    """A Forest over several compilable boosters of one layout (cached by identity)."""
+    key = tuple(id(m) for m in models)
+    with _cache_lock:
+        hit = _combined.get(key)
+        if hit is not None and all(r() is m for r, m in zip(hit[0], models, strict=True)):
+            return hit[1]
+        parsed = [parsed_model(m) for m in models]
+        forest = Forest([p for p in parsed if p is not None])
+        if len(_combined) >= MAX_COMBINED:
+            _combined.pop(next(iter(_combined)))
+        _combined[key] = ([weakref.ref(m) for m in models], forest)
+        return forest
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batch:
+    """Within a ``batch(models)`` block, the first request for any of the models' raw
+    scores on a frame evaluates all of them on that frame in one pass; later requests
+    on an equal frame are answered from that pass."""
+
+    def __init__(self, models: Sequence[Any]) -> None:
+        self.layouts: dict[tuple[Any, ...], list[Any]] = {}
+        self.members: dict[int, tuple[Any, ...]] = {}
+        for model in dict.fromkeys(models):  # unique, in order
+            parsed = parsed_model(model)
+            if parsed is None:
+                continue
+            layout = _layout(parsed)
+            self.layouts.setdefault(layout, []).append(model)
+            self.members[id(model)] = layout
+        self.done: list[tuple[tuple[Any, ...], Any, dict[int, np.ndarray]]] = []
+
+    def covers(self, models: Sequence[Any]) -> bool:
+        return all(id(m) in self.members or parsed_model(m) is None for m in models)
+
+    def raw_score(self, model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
+        layout = self.members.get(id(model))
+        if layout is None:
+            return None
+        for seen_layout, frame, scores in self.done:
+            if seen_layout == layout and _same_frame(frame, X):
+                return scores[id(model)]
+        models = self.layouts[layout]
+        forest = combined_forest(models)
+        xt = forest.matrix(X)
+        if xt is None:
+            return None
+        scores = dict(zip((id(m) for m in models), forest.raw_scores(xt), strict=True))
+        self.done.append((layout, X, scores))
+        return scores[id(model)]
+
+
+_active: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
+    "fast_trees_batch", default=None
+)
+
+
+@contextlib.contextmanager
+def batch(models: Sequence[Any]) -> Iterator[None]:
+    """Evaluate the given boosters together for every frame the block asks about (an
+    enclosing batch that already covers them is kept, with what it has computed)."""
+    current = _active.get()
+    if not HAVE_NUMBA or not models or (current is not None and current.covers(models)):
+        yield
+        return
+    token = _active.set(Batch(models))
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def _same_frame(a: Any, b: Any) -> bool:
+    """Same values (NaN equal to NaN) and the same column types: LightGBM reads both
+    frames identically."""
+    if a is b:
+        return True
+    if not (isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame)):
+        return False
+    if a.shape != b.shape or not a.columns.equals(b.columns):
+        return False
+    if not a.dtypes.equals(b.dtypes):
+        return False
+    return bool(a.equals(b))
+
+
+def boosters_of(*objects: Any) -> list[Any]:
+    """Every fitted LightGBM model reachable from the objects' attributes (learners keep
+    theirs in attributes, lists and tuples)."""
+    import lightgbm as lgb
+
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 4:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, lgb.LGBMModel):
+            found.append(obj)
+        elif isinstance(obj, list | tuple):
+            for item in obj:
+                walk(item, depth + 1)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                walk(item, depth + 1)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type | np.ndarray | pd.DataFrame):
+            for item in vars(obj).values():
+                walk(item, depth + 1)
+
+    for obj in objects:
+        walk(obj, 0)
+    return found
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def raw_score(model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
+    """Bit-identical to ``model.predict(X, raw_score=True)``, or None (use LightGBM)."""
+    active = _active.get()
+    if active is not None:
+        scores = active.raw_score(model, X)
+        if scores is not None:
+            return scores
+    if X.shape[0] < MIN_ROWS:
+        return None  # LightGBM is as fast for a handful of rows; same bits either way
+    forest = single_forest(model)
+    if forest is None:
+        return None
+    xt = forest.matrix(X)
+    return None if xt is None else forest.raw_scores(xt)[0]
+
+
+def contributions(model: Any, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``pred_contrib`` split as (phi, base), exact to rounding, or None (use LightGBM).
+    Used for every row count, so a patient's drivers are the same bits in any batch."""
+    forest = single_forest(model)
+    if forest is None:
+        return None
+    xt = forest.matrix(X)
+    return None if xt is None else forest.contributions(xt)
+
+
+def warm_up(learner: Any, ensemble: Sequence[Any] = ()) -> None:
+    """Compile a model's trees ahead of its first request: the learner's boosters with
+    their SHAP tables (drivers), and the learner's and members' boosters together (what
+    `PersonalizeModel.predict` batches), e.g. `warm_up(model.learner, model.ensemble)`."""
+    explained = boosters_of(learner)
+    for model in explained:
+        forest = single_forest(model)
+        if forest is not None:
+            forest._shap_tables()
+    everything = [m for m in boosters_of(learner, ensemble) if parsed_model(m) is not None]
+    if everything:
+        combined_forest(everything)

@@ -107,3 +107,14 @@ def test_rescale_keeps_shares_and_sums_exactly() -> None:
     np.testing.assert_allclose(out.sum(axis=1), target, atol=1e-12)
     ratio = out[2:] / phi[2:]
     np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones((1, 4)))
+
+
+def test_platt_transform_is_the_fitted_logistic_map() -> None:
+    from personalize.calibration import ArmCalibrator, logit
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.9, 500)
+    y = (rng.random(500) < p).astype(float)
+    cal = ArmCalibrator("platt").fit(p, y, np.ones(500))
+    expected = cal.model_.predict_proba(logit(p)[:, None])[:, 1]
+    np.testing.assert_allclose(cal.transform(p), expected, rtol=0, atol=1e-15)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Self
 
 import numpy as np
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -44,7 +45,11 @@ class ArmCalibrator:
 
     def transform(self, p: np.ndarray) -> np.ndarray:
         if self.method == "platt":
-            return self.model_.predict_proba(logit(p)[:, None])[:, 1]
+            # the fitted logistic map itself: scikit-learn's input checks cost more than
+            # the arithmetic when one patient is scored through every bootstrap member
+            a = float(self.model_.intercept_[0])
+            b = float(self.model_.coef_[0, 0])
+            return np.asarray(expit(a + b * logit(p)), dtype=float)
         if self.method == "isotonic":
             return np.asarray(self.model_.predict(p), dtype=float)
         return p

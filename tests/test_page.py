@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from test_service_helpers import free_port, wait_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "page"
@@ -85,12 +85,6 @@ class Service:
             return json.load(response)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _train_demo_model(root: Path) -> str:
     """The demo STAMP model (synthetic cohort, seed 7), small bootstrap, promoted."""
     import mlflow
@@ -133,7 +127,7 @@ def service() -> Iterator[Service]:
         _, key = create_key(db, "clinician", note="page tests")
         db.dispose()
 
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "PERSONALIZE_DATABASE_URL": database_url,
@@ -164,17 +158,7 @@ def service() -> Iterator[Service]:
             )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not start:\n{log.read_text()[-4000:]}")
-                time.sleep(0.2)
+            wait_ok(url + "/readyz", process, lambda: log.read_text())
             yield Service(url, database_url, key)
         finally:
             process.terminate()

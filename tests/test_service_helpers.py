@@ -171,6 +171,21 @@ def postgres_database() -> Iterator[str]:
 # --------------------------------------------------------------------------- real servers
 
 
+def wait_ok(url: str, process: subprocess.Popen[Any], output: Any, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; fail with the server's output if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start:\n{output()[-4000:]}")
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,18 +265,7 @@ def serve(
         )
     server = Server(f"http://127.0.0.1:{port}", process, log, run_env)
     try:
-        deadline = time.time() + 120
-        path = "/readyz" if ready else "/healthz"
-        while True:
-            try:
-                with urllib.request.urlopen(server.url + path, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start:\n{server.output()[-4000:]}")
-            time.sleep(0.2)
+        wait_ok(server.url + ("/readyz" if ready else "/healthz"), process, server.output)
         yield server
     finally:
         server.stop()

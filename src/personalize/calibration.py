@@ -50,8 +50,8 @@ class ArmCalibrator:
             a = float(self.model_.intercept_[0])
             b = float(self.model_.coef_[0, 0])
             return np.asarray(expit(a + b * logit(p)), dtype=float)
-        if self.method == "isotonic":
-            return np.asarray(self.model_.predict(p), dtype=float)
+        if self.method == "isotonic":  # elementwise, like Platt: any array shape
+            return np.asarray(self.model_.predict(np.ravel(p)), dtype=float).reshape(np.shape(p))
         return p
 
 

@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from personalize.cohort.columns import columns
+
 try:  # numba is the fast path; without it callers use LightGBM (exact, slower)
     from numba import njit
 
@@ -148,6 +150,13 @@ class ParsedModel:
     trees: list[Tree]
     pandas_categorical: list[list[Any]] | None
     supported: str | None  # None when compilable, else why not
+
+    @functools.cached_property
+    def layout(self) -> tuple[Any, ...]:
+        """Equal layouts read a frame identically (same columns, same category levels)."""
+        import json
+
+        return (tuple(self.feature_names), json.dumps(self.pandas_categorical))
 
 
 def _numbers(text: str, kind: type) -> np.ndarray:
@@ -351,7 +360,7 @@ if HAVE_NUMBA:
     def _predict_kernel(xt, start, stop, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn,
                         cat_bits, node_u, tree_node0, tree_tab0, tree_out, leaf_tab,
                         out):  # fmt: skip
-        D = np.zeros((len(s_feat), 256), dtype=np.uint8)
+        D = np.zeros((len(s_feat), min(256, stop - start)), dtype=np.uint8)
         pat = np.zeros(256, dtype=np.uint8)
         for b0 in range(start, stop, 256):
             m = min(256, stop - b0)
@@ -368,7 +377,7 @@ if HAVE_NUMBA:
     def _contrib_kernel(xt, start, stop, s_feat, s_mode, s_thr, s_left, s_cat0, s_catn,
                         cat_bits, node_u, tree_node0, tree_feat0, tree_feats, tree_shap0,
                         shap_tab, out):  # fmt: skip
-        D = np.zeros((len(s_feat), 256), dtype=np.uint8)
+        D = np.zeros((len(s_feat), min(256, stop - start)), dtype=np.uint8)
         pat = np.zeros(256, dtype=np.uint8)
         for b0 in range(start, stop, 256):
             m = min(256, stop - b0)
@@ -386,12 +395,6 @@ if HAVE_NUMBA:
 
 
 # --------------------------------------------------------------------------- forest
-
-
-def _layout(parsed: ParsedModel) -> tuple[Any, ...]:
-    import json
-
-    return (tuple(parsed.feature_names), json.dumps(parsed.pandas_categorical))
 
 
 class Forest:
@@ -461,26 +464,20 @@ class Forest:
         if isinstance(X, pd.DataFrame):
             if X.shape[1] != self.n_features:
                 return None
-            cats = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
+            cols = columns(X)
+            cats = [name for name, col in cols.items() if col.levels is not None]
             stored = self.pandas_categorical or []
             if len(cats) != len(stored):
                 return None
             levels = dict(zip(cats, stored, strict=True))
             xt = np.empty((self.n_features, n_rows), dtype=np.float64)
             wide = False  # LightGBM reads float64 only if some column is 64-bit
-            for j, name in enumerate(X.columns):
-                col = X[name]
+            for j, (name, col) in enumerate(cols.items()):
                 if name in levels:
-                    if list(col.cat.categories) != list(levels[name]):
-                        col = col.cat.set_categories(levels[name])
-                    codes = col.cat.codes.to_numpy()
-                    missing = codes < 0
-                    xt[j] = codes
-                    if missing.any():
-                        xt[j, missing] = np.nan
-                        wide = True
-                elif col.dtype == np.float64:
-                    xt[j] = col.to_numpy()
+                    xt[j] = _recode(col.values, col.levels or [], list(levels[name]))
+                    wide = wide or bool(np.isnan(xt[j]).any())
+                elif col.float64:
+                    xt[j] = col.values
                     wide = True
                 else:
                     return None
@@ -543,6 +540,16 @@ class Forest:
         if xt.shape[1]:
             self._run(_contrib_kernel, xt, (*self.split_args, *tables), out)
         return np.ascontiguousarray(out.T), np.full(xt.shape[1], self.expected_value)
+
+
+def _recode(codes: np.ndarray, levels: list[Any], stored: list[Any]) -> np.ndarray:
+    """Codes over `levels` as codes over the booster's `stored` levels (NaN if absent), as
+    LightGBM maps a frame's categories onto the training categories."""
+    if levels == stored:
+        return codes
+    index = {v: i for i, v in enumerate(stored)}
+    lookup = np.array([index.get(v, np.nan) for v in levels] + [np.nan], dtype=float)
+    return lookup[np.where(np.isnan(codes), len(levels), codes).astype(np.int64)]
 
 
 def _split_key(tree: Tree, j: int) -> tuple[int, int, float, bool, tuple[int, ...]]:
@@ -622,36 +629,72 @@ def combined_forest(models: Sequence[Any]) -> Forest:
 # --------------------------------------------------------------------------- batches
 
 
-class Batch:
-    """Within a ``batch(models)`` block, the first request for any of the models' raw
-    scores on a frame evaluates all of them on that frame in one pass; later requests
-    on an equal frame are answered from that pass."""
+@dataclass(frozen=True)
+class Plan:
+    """The compilable boosters of a batch grouped by layout (computed once per model set:
+    a one-patient request opens a batch over a hundred boosters)."""
 
-    def __init__(self, models: Sequence[Any]) -> None:
-        self.layouts: dict[tuple[Any, ...], list[Any]] = {}
-        self.members: dict[int, tuple[Any, ...]] = {}
+    layouts: dict[tuple[Any, ...], list[Any]]
+    members: dict[int, tuple[Any, ...]]
+
+
+_plans: dict[tuple[int, ...], tuple[list[weakref.ref[Any]], Plan]] = {}
+
+
+def plan(models: Sequence[Any]) -> Plan:
+    key = tuple(id(m) for m in models)
+    with _cache_lock:
+        hit = _plans.get(key)
+        if hit is not None and all(r() is m for r, m in zip(hit[0], models, strict=True)):
+            return hit[1]
+        layouts: dict[tuple[Any, ...], list[Any]] = {}
+        members: dict[int, tuple[Any, ...]] = {}
         for model in dict.fromkeys(models):  # unique, in order
             parsed = parsed_model(model)
             if parsed is None:
                 continue
-            layout = _layout(parsed)
-            self.layouts.setdefault(layout, []).append(model)
-            self.members[id(model)] = layout
+            layouts.setdefault(parsed.layout, []).append(model)
+            members[id(model)] = parsed.layout
+        result = Plan(layouts, members)
+        if len(_plans) >= MAX_COMBINED:
+            _plans.pop(next(iter(_plans)))
+        _plans[key] = ([weakref.ref(m) for m in models], result)
+        return result
+
+
+class Batch:
+    """Within a ``batch(models)`` block, the first request for any of the models' raw
+    scores on a frame evaluates all of them on that frame in one pass; later requests
+    on an equal frame are answered from that pass. Each frame is converted to the
+    compiled trees' matrix once per layout (`matrix`), which the drivers reuse."""
+
+    def __init__(self, models: Sequence[Any]) -> None:
+        self.plan = plan(models)
         self.done: list[tuple[tuple[Any, ...], Any, dict[int, np.ndarray]]] = []
+        self.matrices: list[tuple[tuple[Any, ...], Any, np.ndarray | None]] = []
 
     def covers(self, models: Sequence[Any]) -> bool:
-        return all(id(m) in self.members or parsed_model(m) is None for m in models)
+        return all(id(m) in self.plan.members or parsed_model(m) is None for m in models)
+
+    def matrix(self, forest: Forest, layout: tuple[Any, ...], X: Any) -> np.ndarray | None:
+        """`forest.matrix(X)`, remembered for frames seen before in this batch."""
+        for seen_layout, frame, xt in self.matrices:
+            if seen_layout == layout and _same_frame(frame, X):
+                return xt
+        xt = forest.matrix(X)
+        self.matrices.append((layout, X, xt))
+        return xt
 
     def raw_score(self, model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
-        layout = self.members.get(id(model))
+        layout = self.plan.members.get(id(model))
         if layout is None:
             return None
         for seen_layout, frame, scores in self.done:
             if seen_layout == layout and _same_frame(frame, X):
                 return scores[id(model)]
-        models = self.layouts[layout]
+        models = self.plan.layouts[layout]
         forest = combined_forest(models)
-        xt = forest.matrix(X)
+        xt = self.matrix(forest, layout, X)
         if xt is None:
             return None
         scores = dict(zip((id(m) for m in models), forest.raw_scores(xt), strict=True))
@@ -747,7 +790,11 @@ def contributions(model: Any, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray,
     forest = single_forest(model)
     if forest is None:
         return None
-    xt = forest.matrix(X)
+    active = _active.get()
+    if active is not None and id(model) in active.plan.members:
+        xt = active.matrix(forest, active.plan.members[id(model)], X)
+    else:
+        xt = forest.matrix(X)
     return None if xt is None else forest.contributions(xt)
 
 

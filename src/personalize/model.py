@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from personalize import fast_trees
 from personalize.calibration import ArmCalibrator, BenefitCalibration
+from personalize.cohort.columns import Column, column, columns
+from personalize.cohort.columns import reading as columns_reading
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 from personalize.cohort.validate import NO_PREFERENCE, feature_frame
 from personalize.decision import DecisionRule
@@ -57,17 +60,21 @@ class TrainingRange:
 
     def warnings(self, X: pd.DataFrame) -> list[list[str]]:
         out: list[list[str]] = [[] for _ in range(len(X))]
+        cols = columns(X)
         for name, (lo, hi) in self.numeric.items():
-            values = X[name].to_numpy(dtype=float)
+            values = cols[name].values
             for i in np.flatnonzero((values < lo) | (values > hi)):
                 out[i].append(
                     f"{name}={values[i]:g} is outside the training data's range "
                     f"[{lo:g}, {hi:g}]; the estimate is an extrapolation"
                 )
         for name, seen in self.levels.items():
-            col = X[name].astype(object)
-            for i in np.flatnonzero(col.notna().to_numpy() & ~col.isin(seen).to_numpy()):
-                out[i].append(f"{name}={col.iloc[i]} was not seen in the training data")
+            col = cols[name]  # a categorical over the declared levels (`feature_frame`)
+            levels = col.levels or []
+            unseen = np.array([level not in seen for level in levels] + [False])
+            codes = col.codes
+            for i in np.flatnonzero(unseen[codes]):
+                out[i].append(f"{name}={levels[codes[i]]} was not seen in the training data")
         return out
 
 
@@ -102,6 +109,15 @@ class PersonalizeModel:
         p0, p1 = self._calibrate(*learner.predict_arms(X))
         return p1 - p0
 
+    def _member_benefits(self, X: pd.DataFrame) -> np.ndarray:
+        """`_raw_benefit` of every bootstrap member (rows x members), calibrated in one
+        call per arm (the maps are elementwise: the same numbers as member by member)."""
+        arms = [m.predict_arms(X) for m in self.ensemble]
+        p0, p1 = self._calibrate(
+            np.column_stack([a[0] for a in arms]), np.column_stack([a[1] for a in arms])
+        )
+        return p1 - p0
+
     def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Expected outcome under control and under treatment: the calibrated prognosis
         m(x) split by the calibrated benefit (see `prognosis`)."""
@@ -128,22 +144,28 @@ class PersonalizeModel:
             if bc.slope == 0:  # the members' spread is multiplied by 0: skip computing it
                 var = np.zeros(len(X))
             else:
-                draws = np.column_stack([self._raw_benefit(m, X) for m in self.ensemble])
-                var = bc.slope**2 * draws.var(axis=1, ddof=1)
+                var = bc.slope**2 * self._member_benefits(X).var(axis=1, ddof=1)
             var += bc.coefficient_var(self._raw_benefit(self.learner, X))
-        z = float(norm.ppf(0.5 + self.rule.level / 2))
+        z = float(ndtri(0.5 + self.rule.level / 2))  # the normal quantile, as norm.ppf
         half = z * np.sqrt(var)
         return benefit - half, benefit + half
 
+    @cached_property
+    def _boosters(self) -> list[Any]:
+        return fast_trees.boosters_of(self.learner, self.ensemble)
+
     def _batch(self) -> contextlib.AbstractContextManager[None]:
         """Evaluate the learner's and every bootstrap member's boosters together."""
-        return fast_trees.batch(fast_trees.boosters_of(self.learner, self.ensemble))
+        return fast_trees.batch(self._boosters)
 
-    def benefit_drivers(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def benefit_drivers(
+        self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, base, phi) with base + phi.sum(1) == benefit exactly, on the outcome's
         scale (probability for binary outcomes). The learner's contributions are carried
         through each arm's calibration map by the rescale rule, scaled by the benefit
-        slope, and rescaled once more where a probability had to be clipped to [0, 1]."""
+        slope, and rescaled once more where a probability had to be clipped to [0, 1].
+        `arms`: `self.arms(X)` when the caller has it already."""
         raw = self.learner.contributions(X)
         if self.calibrators is not None:
             mu0 = raw.base0 + raw.phi0.sum(axis=1)
@@ -158,7 +180,7 @@ class PersonalizeModel:
         bc = self.benefit_calibration
         base = bc.ate + bc.slope * (raw.benefit_base - bc.center)
         phi = bc.slope * raw.benefit_phi
-        p0, p1 = self.arms(X)
+        p0, p1 = self.arms(X) if arms is None else arms
         return raw.names, base, rescale(phi, p1 - p0 - base)
 
     def predict(self, frame: pd.DataFrame, explain: int = 3) -> pd.DataFrame:
@@ -168,11 +190,13 @@ class PersonalizeModel:
         """predict's answer as arrays, before rendering: what the batch scorer writes as
         columns. `predict` is exactly `render(predict_arrays(...))`."""
         X = self.features(frame)
-        with self._batch():  # each booster evaluated once per input, shared by all steps
+        # each column converted once, each booster evaluated once per input: shared by all
+        with columns_reading(X), self._batch():
             p0, p1 = self.arms(X)
             benefit = p1 - p0
             lower, upper = self.benefit_interval(X, benefit)
-            names, index, contribution = self._top_drivers(X, explain)
+            names, index, contribution = self._top_drivers(X, explain, (p0, p1))
+            warnings = self.training_range.warnings(X)
         pref_col = self.pipeline.cohort.preference
         pref = None
         if pref_col and pref_col in frame.columns:
@@ -198,7 +222,7 @@ class PersonalizeModel:
             driver_names=names,
             driver_index=index,
             driver_contribution=contribution,
-            warnings=self.training_range.warnings(X),
+            warnings=warnings,
         )
 
     def render(self, pred: Predictions) -> pd.DataFrame:
@@ -215,10 +239,7 @@ class PersonalizeModel:
                 "rationale": pred.rationale,
             }
         )
-        dicts = self._driver_dicts(
-            pred.X, pred.driver_names, pred.driver_index, pred.driver_contribution
-        )
-        result["drivers"] = [json.dumps(d) for d in dicts]
+        result["drivers"] = [json.dumps(d) for d in self.driver_dicts(pred)]
         result["warnings"] = [json.dumps(w) for w in pred.warnings]
         if pred.ids is not None:
             result.insert(0, self.pipeline.cohort.id, pred.ids)
@@ -227,12 +248,21 @@ class PersonalizeModel:
     def drivers(self, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:
         return self._driver_dicts(X, *self._top_drivers(X, k))
 
-    def _top_drivers(self, X: pd.DataFrame, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def driver_dicts(self, pred: Predictions) -> list[list[dict[str, Any]]]:
+        """Each patient's top drivers as dicts (feature, label, value, contribution,
+        direction): what `render` writes as JSON and the service returns."""
+        return self._driver_dicts(
+            pred.X, pred.driver_names, pred.driver_index, pred.driver_contribution
+        )
+
+    def _top_drivers(
+        self, X: pd.DataFrame, k: int, arms: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, index n x k, contribution n x k): each patient's k largest drivers by
         |contribution|; index -1 (contribution 0) where a driver contributes nothing."""
         if k <= 0:
             return [], np.zeros((len(X), 0), dtype=np.int64), np.zeros((len(X), 0))
-        names, _, phi = self.benefit_drivers(X)
+        names, _, phi = self.benefit_drivers(X, arms)
         order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
         contribution = np.take_along_axis(phi, order, axis=1)
         index = np.where(contribution == 0, -1, order)
@@ -253,13 +283,11 @@ class PersonalizeModel:
             if names[j] == ARM_DRIVER:
                 return None
             if j not in values:
-                values[j] = _display_column(X[names[j]])
+                values[j] = _display_column(column(X, names[j]))
             return values[j][i]
 
         out = []
-        for i, (top, contrib) in enumerate(
-            zip(index.tolist(), contribution.tolist(), strict=True)
-        ):
+        for i, (top, contrib) in enumerate(zip(index.tolist(), contribution.tolist(), strict=True)):
             row = []
             for j, c in zip(top, contrib, strict=True):
                 if j < 0:
@@ -307,19 +335,11 @@ class PersonalizeModel:
         return schema
 
 
-def _display(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _display_column(col: pd.Series) -> list[Any]:
-    """`_display` of every value of a feature column (floats, level names, None)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return [_display(v) for v in col.astype(object).tolist()]
-    return [None if v != v else v for v in col.to_numpy(dtype=float).tolist()]
+def _display_column(col: Column) -> list[Any]:
+    """Every value of a feature column as people read it (floats, level names, None)."""
+    if col.levels is not None:
+        return [None if c < 0 else col.levels[c] for c in col.codes.tolist()]
+    return [None if v != v else v for v in col.values.tolist()]
 
 
 @dataclass(frozen=True)

@@ -674,7 +674,9 @@ def score_file(
     rej_path = Path(rejects_path) if rejects_path else default_rejects_path(out_path)
     for path in (out_path, rej_path):
         if path.suffix.lower() not in FORMATS:
-            raise ScoringError(f"{path}: unsupported extension {path.suffix!r}; use .csv or .parquet")  # noqa: E501
+            raise ScoringError(
+                f"{path}: unsupported extension {path.suffix!r}; use .csv or .parquet"
+            )
     pipeline = model.pipeline
     columns = required_columns(pipeline)
     previous_threads = fast_trees.threads()

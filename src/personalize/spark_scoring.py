@@ -184,9 +184,9 @@ def _flag_repeats(df: DataFrame, id_col: str) -> DataFrame:
 
     keyed = df.withColumn("_key", normalised(F.col(id_col).cast("string")))
     first = Window.partitionBy("_key").orderBy(ROW)
-    return keyed.withColumn(
-        DUP, F.col("_key").isNotNull() & (F.row_number().over(first) > 1)
-    ).drop("_key")
+    return keyed.withColumn(DUP, F.col("_key").isNotNull() & (F.row_number().over(first) > 1)).drop(
+        "_key"
+    )
 
 
 def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:

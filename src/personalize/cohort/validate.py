@@ -336,10 +336,19 @@ def feature_frame(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     """
     cols: dict[str, object] = {}
     for name, spec in pipeline.features.items():
+        col = frame[name]
         if isinstance(spec, NumericFeature):
-            cols[name] = _as_number(frame[name])[0].to_numpy(dtype=float)
+            if col.dtype == np.float64:  # already typed (e.g. the service's frames)
+                values = col.to_numpy()
+                cols[name] = np.where(np.isinf(values), np.nan, values)
+            else:
+                cols[name] = _as_number(col)[0].to_numpy(dtype=float)
+        elif isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == list(
+            spec.levels
+        ):
+            cols[name] = col.array
         else:
-            cols[name] = pd.Categorical(_as_text(frame[name]), categories=spec.levels)
+            cols[name] = pd.Categorical(_as_text(col), categories=spec.levels)
     return pd.DataFrame(cols, index=pd.RangeIndex(len(frame)))
 
 

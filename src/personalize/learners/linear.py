@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from personalize.cohort.columns import columns
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
 from personalize.learners.boosting import sigmoid
 
@@ -45,18 +46,19 @@ class LinearDesign:
 
     def _encode(self, X: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
         blocks, groups = [], []
+        cols = columns(X)
         for j, name in enumerate(self.features_):
-            col = X[name]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                codes = col.cat.codes.to_numpy()
-                onehot = np.zeros((len(X), len(col.cat.categories)))
+            col = cols[name]
+            if col.levels is not None:
+                codes = col.codes
+                onehot = np.zeros((len(X), len(col.levels)))
                 seen = codes >= 0
                 onehot[np.flatnonzero(seen), codes[seen]] = 1.0
                 blocks.append(onehot)
                 groups += [j] * onehot.shape[1]
             else:
                 mean, sd = self.stats_[name]
-                values = np.nan_to_num(col.to_numpy(dtype=float), nan=mean)
+                values = np.nan_to_num(col.values, nan=mean)
                 blocks.append(((values - mean) / sd)[:, None])
                 groups.append(j)
         return np.hstack(blocks), groups

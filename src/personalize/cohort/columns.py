@@ -1,0 +1,73 @@
+"""A feature frame's columns as arrays, converted once per scoring call.
+
+pandas builds a new Series for every ``X[name]`` (microseconds each, and more for the
+categories of a categorical). Scoring one patient reads every column from several places:
+the compiled trees' matrix, the linear designs, the range warnings and the drivers'
+values, so that cost was most of a one-patient answer. Inside ``reading(X)`` (which
+`PersonalizeModel.predict_arrays` opens) `columns(X)` converts the frame once and every
+reader shares the result; outside it each call converts afresh. The frame must not be
+modified while it is being read, which holds for the frames `feature_frame` builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    """values: floats; for a categorical, its level codes (NaN where missing)."""
+
+    values: np.ndarray
+    levels: list[str] | None = None  # a categorical's levels, in code order
+    float64: bool = False  # a numeric column stored as float64 (not converted)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """A categorical's codes as integers, -1 where missing."""
+        return np.where(np.isnan(self.values), -1, self.values).astype(np.int64)
+
+
+def convert(col: pd.Series) -> Column:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        values = codes.astype(float)
+        values[codes < 0] = np.nan
+        return Column(values, [str(v) for v in col.cat.categories])
+    return Column(col.to_numpy(dtype=float), float64=col.dtype == np.float64)
+
+
+_open: contextvars.ContextVar[tuple[pd.DataFrame, dict[str, Column]] | None] = (
+    contextvars.ContextVar("feature_columns", default=None)
+)
+
+
+def columns(X: pd.DataFrame) -> dict[str, Column]:
+    """Every column of X as a `Column` (shared within `reading(X)`)."""
+    current = _open.get()
+    if current is not None and current[0] is X:
+        return current[1]
+    return {str(name): convert(col) for name, col in X.items()}
+
+
+def column(X: pd.DataFrame, name: str) -> Column:
+    """One column of X (shared within `reading(X)`)."""
+    current = _open.get()
+    if current is not None and current[0] is X:
+        return current[1][name]
+    return convert(X[name])
+
+
+@contextlib.contextmanager
+def reading(X: pd.DataFrame) -> Iterator[dict[str, Column]]:
+    token = _open.set((X, {str(name): convert(col) for name, col in X.items()}))
+    try:
+        yield columns(X)
+    finally:
+        _open.reset(token)

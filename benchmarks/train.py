@@ -29,21 +29,51 @@ def main() -> None:
     exe = Path(sys.executable).parent / "personalize"
     with tempfile.TemporaryDirectory() as tmp:
         cohort = Path(tmp) / "cohort.parquet"
-        subprocess.run([str(exe), "simulate", "--scenario", "stamp", "--n", "770", "--seed", "1",
-                        "--out", str(cohort)], check=True, cwd=ROOT, capture_output=True)
+        subprocess.run(
+            [
+                str(exe),
+                "simulate",
+                "--scenario",
+                "stamp",
+                "--n",
+                "770",
+                "--seed",
+                "1",
+                "--out",
+                str(cohort),
+            ],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
         times, summary = [], {}
         for i in range(args.repeats):
             uri = f"sqlite:///{tmp}/mlflow-{i}.db"
             start = time.perf_counter()
             done = subprocess.run(
-                [str(exe), "train", args.pipeline, "--cohort", str(cohort), "--tracking-uri", uri,
-                 "--json"], check=True, cwd=ROOT, capture_output=True, text=True)
+                [
+                    str(exe),
+                    "train",
+                    args.pipeline,
+                    "--cohort",
+                    str(cohort),
+                    "--tracking-uri",
+                    uri,
+                    "--json",
+                ],
+                check=True,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             times.append(time.perf_counter() - start)
             summary = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"repeat {i + 1}: {times[-1]:.1f} s", flush=True)
-    print(f"personalize train {args.pipeline} (N=770): median {statistics.median(times):.1f} s "
-          f"over {len(times)} runs (min {min(times):.1f}, max {max(times):.1f}); "
-          f"learner {summary.get('learner')}")
+    print(
+        f"personalize train {args.pipeline} (N=770): median {statistics.median(times):.1f} s "
+        f"over {len(times)} runs (min {min(times):.1f}, max {max(times):.1f}); "
+        f"learner {summary.get('learner')}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,18 +21,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personalize import __version__
 from service import cds_hooks, metrics
-from service.audit import Database, get_database, get_session
+from service.audit import Database
 from service.auth import Admin, AnyKey, Clinician, Researcher
 from service.recommend import (
     CurrentModel,
+    Scorer,
     get_holder,
     get_settings,
     recommend,
+    scoring_thread,
 )
 from service.registry import ModelHolder, RegistryError
 from service.schemas import (
@@ -131,8 +132,6 @@ api = APIRouter(prefix="/v1", tags=["recommendations"])
 ops = APIRouter(tags=["operations"])
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 @api.post(
@@ -141,25 +140,22 @@ SessionDep = Annotated[Session, Depends(get_session)]
     responses=RECOMMEND_ERRORS,
     summary="One patient's recommendation",
 )
-def recommendation(
+async def recommendation(
     body: RecommendationRequest,
     principal: Clinician,
     loaded: CurrentModel,
-    settings: SettingsDep,
-    database: DatabaseDep,
-    session: SessionDep,
+    scorer: Scorer,
 ) -> Recommendation:
     patient = loaded.contract.validate(body.patient, ("body", "patient"))
-    return recommend(
+    recs = await recommend(
         loaded,
         [patient],
         [body.patient_ref],
         channel="single",
         principal=principal,
-        database=database,
-        session=session,
-        explain=settings.explain,
-    )[0]
+        scorer=scorer,
+    )
+    return recs[0]
 
 
 @api.post(
@@ -168,13 +164,12 @@ def recommendation(
     responses=RECOMMEND_ERRORS,
     summary="Recommendations for several patients (researcher or admin)",
 )
-def batch(
+async def batch(
     body: BatchRequest,
     principal: Researcher,
     loaded: CurrentModel,
     settings: SettingsDep,
-    database: DatabaseDep,
-    session: SessionDep,
+    scorer: Scorer,
 ) -> BatchResponse:
     if len(body.patients) > settings.batch_max:
         raise HTTPException(
@@ -202,15 +197,13 @@ def batch(
             found += exc.problems
     if found:
         raise PatientInvalid(found)
-    results = recommend(
+    results = await recommend(
         loaded,
         patients,
         refs if refs is not None else [None] * len(patients),
         channel="batch",
         principal=principal,
-        database=database,
-        session=session,
-        explain=settings.explain,
+        scorer=scorer,
     )
     return BatchResponse(count=len(results), model=loaded.block, results=results)
 
@@ -360,6 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secret = settings.pseudonym_secret.get_secret_value() if settings.pseudonym_secret else None
     database = Database(settings.resolved_database_url(), secret)
     holder = ModelHolder(settings, on_swap=metrics.on_swap)
+    scorer = scoring_thread(settings, database)
     mapping = cds_hooks.FhirMapping.load(settings.fhir_mapping)
 
     @asynccontextmanager
@@ -371,6 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             holder.stop()
+            scorer.close()
             database.dispose()
             metrics.process_exit()
 
@@ -383,6 +378,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.holder = holder
+    app.state.scorer = scorer
     app.state.fhir_mapping = mapping
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

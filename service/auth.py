@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.audit import ApiKey, Database, get_session, utcnow
+from service.audit import ApiKey, Database, get_database, utcnow
 
 KEY_PREFIX = "pz"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -119,7 +119,11 @@ def verify(session: Session, key: str) -> Principal | None:
     if parts is None:
         return None
     key_id, secret = parts
-    row = session.get(ApiKey, key_id)
+    row = session.execute(  # columns, not an ORM object: this runs on every request
+        select(ApiKey.role, ApiKey.revoked_at, ApiKey.algorithm, ApiKey.salt, ApiKey.hash).where(
+            ApiKey.key_id == key_id
+        )
+    ).one_or_none()
     if row is None or row.revoked_at is not None or row.role not in ROLE_NAMES:
         return None
     memo = (key_id, hashlib.sha256(secret.encode()).hexdigest())
@@ -194,11 +198,14 @@ def _unauthorized(detail: str) -> HTTPException:
 
 def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    session: Annotated[Session, Depends(get_session)],
+    database: Annotated[Database, Depends(get_database)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    principal = verify(session, credentials.credentials)
+    # a session of its own, closed at once: a request waiting for the scoring thread must
+    # not hold a pooled connection (the scoring thread needs one to write the audit rows)
+    with database.session() as session:
+        principal = verify(session, credentials.credentials)
     if principal is None:
         raise _unauthorized("invalid or revoked API key")
     return principal
@@ -207,7 +214,7 @@ def authenticate(
 def require(role: Role) -> Callable[..., Any]:
     """Dependency: a valid key whose role is at least `role`."""
 
-    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if principal.role < role:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

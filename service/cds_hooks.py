@@ -20,11 +20,9 @@ from urllib.parse import quote
 import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
-from service.audit import Database, get_database, get_session
 from service.auth import Clinician
-from service.recommend import CurrentModel, current_model, get_settings, recommend
+from service.recommend import CurrentModel, Scorer, current_model, get_settings, recommend
 from service.registry import LoadedModel
 from service.schemas import PatientInvalid, Problem, Recommendation
 from service.settings import Settings, SettingsError
@@ -539,15 +537,14 @@ def discovery(
     },
     summary="CDS Hooks patient-view: one card",
 )
-def patient_view(
+async def patient_view(
     service_id: str,
     body: CdsRequest,
     principal: Clinician,
     loaded: CurrentModel,
     mapping: Mapping,
     settings: Annotated[Settings, Depends(get_settings)],
-    database: Annotated[Database, Depends(get_database)],
-    session: Annotated[Session, Depends(get_session)],
+    scorer: Scorer,
 ) -> CdsResponse:
     if service_id != settings.cds_service_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no CDS service {service_id!r}")
@@ -586,17 +583,15 @@ def patient_view(
             extraction.notes.append(f"{name} from {origin}: {problem['msg']}; not used")
             values.pop(name, None)
         validated = loaded.contract.validate(values, ("prefetch",))
-    rec = recommend(
+    recs = await recommend(
         loaded,
         [validated],
         [patient_id],
         channel="cds-hooks",
         principal=principal,
-        database=database,
-        session=session,
-        explain=settings.explain,
-    )[0]
-    return CdsResponse(cards=[card(rec, loaded, extraction)])
+        scorer=scorer,
+    )
+    return CdsResponse(cards=[card(recs[0], loaded, extraction)])
 
 
 __all__ = ["FhirMapping", "card", "router", "summary"]

@@ -9,7 +9,7 @@ field optional, unknown fields rejected), and `patch_openapi` puts that model in
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -329,18 +329,31 @@ class Contract:
             ) from None
         return obj.model_dump(by_alias=True)
 
+    @functools.cached_property
+    def _levels(self) -> dict[str, tuple[pd.CategoricalDtype, dict[str, int]]]:
+        """Per categorical field: its dtype (one instance, so frames share it) and codes."""
+        return {
+            f.name: (pd.CategoricalDtype(f.levels), {v: i for i, v in enumerate(f.levels)})
+            for f in self.fields
+            if f.type == "categorical" and f.levels is not None
+        }
+
     def frame(self, patients: Sequence[dict[str, Any]]) -> pd.DataFrame:
-        """The model's input frame: float columns for numeric fields (NaN when missing),
-        object columns for categorical ones (None when missing)."""
+        """The model's input frame, already typed as `feature_frame` types it: float
+        columns for numeric fields (NaN when missing), categoricals over the declared
+        levels for categorical ones (missing when missing). Validated values only."""
         cols: dict[str, Any] = {}
         for f in self.fields:
             values = [p.get(f.name) for p in patients]
-            if f.type == "numeric":
+            if f.name in self._levels:
+                dtype, codes = self._levels[f.name]
+                cols[f.name] = pd.Categorical.from_codes(
+                    [-1 if v is None else codes[v] for v in values], dtype=dtype
+                )
+            else:
                 cols[f.name] = np.array(
                     [np.nan if v is None else float(v) for v in values], dtype=float
                 )
-            else:
-                cols[f.name] = pd.Series(values, dtype=object)
         return pd.DataFrame(cols, index=pd.RangeIndex(len(patients)))
 
     def missing(self, patient: dict[str, Any]) -> list[MissingFeature]:
@@ -411,8 +424,8 @@ def recommendation_from_row(
     missing: list[MissingFeature],
     audit_id: str,
 ) -> Recommendation:
-    """One row of `PersonalizeModel.predict` as the response: a conversion only, no new
-    numbers (the scorer and the service give the same answer)."""
+    """One patient's row of `service.recommend.score` as the response: a conversion only,
+    no new numbers (the scorer and the service give the same answer)."""
     rule = model.rule
     binary = model.binary
     t, c = rule.treatment, rule.control
@@ -446,8 +459,8 @@ def recommendation_from_row(
             scale="probability" if binary else "points",
         ),
         outcome=outcome_info(model),
-        drivers=[Driver.model_validate(d) for d in json.loads(row["drivers"])],
-        warnings=[str(w) for w in json.loads(row["warnings"])],
+        drivers=[Driver.model_validate(d) for d in row["drivers"]],
+        warnings=[str(w) for w in row["warnings"]],
         missing_features=missing,
         model=block,
     )

@@ -3,10 +3,12 @@ card, hot swap, cache fallback, metrics. Real servers: test_service_server.py.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.audit import ApiKey, AuditRecord, Database, ServiceSecret
 from service.auth import create_key, revoke_key, split_key
+from service.commands import TcpConfig
 from service.settings import Settings, SettingsError
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -25,6 +28,7 @@ from typer.testing import CliRunner
 from test_service_helpers import (
     STAMP_MODEL,
     STAMP_PATIENT,
+    free_port,
     key,
     postgres_database,
     registry,
@@ -94,6 +98,33 @@ def test_keys_cli_prints_the_key_once_and_lists_without_secrets(tmp_path: Path) 
     ]["revoked_at"]
     bad = runner.invoke(app, ["keys", "create", "--role", "root", "--database-url", url])
     assert bad.exit_code != 0 and "clinician, researcher, admin" in bad.output
+
+
+def test_the_served_socket_is_tcp_so_every_connection_gets_nodelay() -> None:
+    """uvicorn binds its several-worker socket with proto 0, so asyncio skipped TCP_NODELAY
+    and each response waited ~40 ms for the client's delayed ACK (Kludex/uvicorn#3149)."""
+    config = TcpConfig("service.app:create_app", factory=True, host="127.0.0.1", port=free_port())
+    sock = config.bind_socket()
+    assert sock.proto == socket.IPPROTO_TCP
+
+    async def accepted_nodelay() -> int:
+        seen: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(
+                writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            )
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen[0]
+
+    assert asyncio.run(accepted_nodelay()) != 0
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -599,14 +630,14 @@ def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> N
         holder = app.state.holder
         old = holder.current
         started, release = threading.Event(), threading.Event()
-        predict = old.model.predict
+        predict = old.model.predict_arrays
 
         def slow_predict(frame: Any, explain: int = 3) -> Any:
             started.set()
             assert release.wait(30)
             return predict(frame, explain=explain)
 
-        object.__setattr__(old.model, "predict", slow_predict)
+        object.__setattr__(old.model, "predict_arrays", slow_predict)
         result: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: result.update(r=recommend(client, clinician)))
         worker.start()
@@ -620,7 +651,7 @@ def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> N
         assert holder.current.version == "2"
         release.set()
         worker.join(30)
-        del old.model.predict
+        del old.model.predict_arrays
         assert result["r"].status_code == 200
         assert result["r"].json()["model"]["version"] == "1"  # finished on the old model
         expected = old.model.predict(old.contract.frame([old.contract.validate(STAMP_PATIENT, ())]))

@@ -41,7 +41,7 @@ class _Queued(Generic[Job, Result]):
 
 
 class Batcher(Generic[Job, Result]):
-    """`work(model, jobs) -> one result per job`, for many threads at once, through one
+    """`work(model, jobs) -> one result per job`, for many requests at once, through one
     scoring thread. `size(job)` counts a job's patients."""
 
     def __init__(
@@ -57,20 +57,9 @@ class Batcher(Generic[Job, Result]):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, model: Any, job: Job) -> Result:
-        """The job's result, done together with whatever else is queued. Blocks the
-        calling (thread-pool) thread until it is ready; re-raises the job's exception."""
-        queued: _Queued[Job, Result] = _Queued(model, job, self.size(job))
-        self._ensure_thread()
-        self._queue.put(queued)
-        while True:
-            try:
-                return queued.future.result(timeout=1.0)
-            except TimeoutError:  # still queued or running; or queued behind a close()
-                self._ensure_thread()
-
     async def submit(self, model: Any, job: Job) -> Result:
-        """`self(model, job)` for a coroutine: the event loop is free while it waits."""
+        """The job's result, done together with whatever else is queued; the event loop
+        serves other requests meanwhile. Re-raises the job's exception."""
         queued: _Queued[Job, Result] = _Queued(model, job, self.size(job))
         self._ensure_thread()
         self._queue.put(queued)

@@ -72,10 +72,16 @@ class Ask:
 
 
 def score(loaded: LoadedModel, patients: Sequence[dict[str, Any]], explain: int) -> list[Row]:
-    """Each patient's answer from one `predict_arrays` call, as plain values: the numbers,
-    recommendation, rationale, top drivers and warnings."""
+    """Each patient's answer from one `predict_columns` call (`predict_arrays` without a
+    frame to parse), as plain values: the numbers, recommendation, rationale, top drivers
+    and warnings."""
     model = loaded.model
-    pred = model.predict_arrays(loaded.contract.frame(patients), explain=explain)
+    contract = loaded.contract
+    pred = model.predict_columns(
+        contract.columns(patients),
+        explain,
+        contract.preferences(patients, model.pipeline.cohort.preference),
+    )
     rows: list[Row] = [
         {name: float(getattr(pred, name)[i]) for name in NUMBERS}
         | {

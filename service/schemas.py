@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from personalize.cohort.columns import Column
+from personalize.cohort.validate import categorical_dtype
+
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel
 
@@ -333,10 +336,39 @@ class Contract:
     def _levels(self) -> dict[str, tuple[pd.CategoricalDtype, dict[str, int]]]:
         """Per categorical field: its dtype (one instance, so frames share it) and codes."""
         return {
-            f.name: (pd.CategoricalDtype(f.levels), {v: i for i, v in enumerate(f.levels)})
+            f.name: (categorical_dtype(tuple(f.levels)), {v: i for i, v in enumerate(f.levels)})
             for f in self.fields
             if f.type == "categorical" and f.levels is not None
         }
+
+    def columns(self, patients: Sequence[dict[str, Any]]) -> dict[str, Column]:
+        """The model's typed feature columns (what `validate.typed_columns` makes of
+        `frame(patients)`), built straight from validated patients."""
+        cols: dict[str, Column] = {}
+        for f in self.fields:
+            if f.name not in self.feature_names:
+                continue
+            values = [p.get(f.name) for p in patients]
+            if f.name in self._levels:
+                codes = self._levels[f.name][1]
+                cols[f.name] = Column(
+                    np.array([np.nan if v is None else codes[v] for v in values], dtype=float),
+                    list(f.levels or []),
+                )
+            else:
+                cols[f.name] = Column(
+                    np.array([np.nan if v is None else float(v) for v in values], dtype=float),
+                    float64=True,
+                )
+        return cols
+
+    def preferences(
+        self, patients: Sequence[dict[str, Any]], field: str | None
+    ) -> np.ndarray | None:
+        """Each patient's stated preference (`field`), "none" where not given."""
+        if field is None or field not in self.names:
+            return None
+        return np.array([p.get(field) or NO_PREFERENCE for p in patients], dtype=object)
 
     def frame(self, patients: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """The model's input frame, already typed as `feature_frame` types it: float

@@ -630,14 +630,14 @@ def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> N
         holder = app.state.holder
         old = holder.current
         started, release = threading.Event(), threading.Event()
-        predict = old.model.predict_arrays
+        predict = old.model.predict_columns
 
-        def slow_predict(frame: Any, explain: int = 3) -> Any:
+        def slow_predict(*args: Any) -> Any:
             started.set()
             assert release.wait(30)
-            return predict(frame, explain=explain)
+            return predict(*args)
 
-        object.__setattr__(old.model, "predict_arrays", slow_predict)
+        object.__setattr__(old.model, "predict_columns", slow_predict)
         result: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: result.update(r=recommend(client, clinician)))
         worker.start()
@@ -651,7 +651,7 @@ def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> N
         assert holder.current.version == "2"
         release.set()
         worker.join(30)
-        del old.model.predict_arrays
+        del old.model.predict_columns
         assert result["r"].status_code == 200
         assert result["r"].json()["model"]["version"] == "1"  # finished on the old model
         expected = old.model.predict(old.contract.frame([old.contract.validate(STAMP_PATIENT, ())]))

@@ -3,6 +3,7 @@ exactly its own rows, bit for bit what it would get alone, on the model it start
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ def submit_all(
     def run(i: int) -> None:
         model, patients = requests[i]
         try:
-            results[i] = batcher(model, patients)
+            results[i] = asyncio.run(batcher.submit(model, patients))
         except Exception as exc:  # the test inspects it
             results[i] = exc
 
@@ -121,10 +122,10 @@ def test_a_failing_request_fails_alone() -> None:
 
 def test_the_scoring_thread_restarts_after_close() -> None:
     batcher = batcher_of(lambda model, jobs: [[p["i"] for p in job] for job in jobs])
-    assert batcher(None, [{"i": 1}, {"i": 2}]) == [1, 2]
+    assert asyncio.run(batcher.submit(None, [{"i": 1}, {"i": 2}])) == [1, 2]
     batcher.close()
-    assert batcher(None, [{"i": 3}]) == [3]
-    assert batcher(None, []) == []
+    assert asyncio.run(batcher.submit(None, [{"i": 3}])) == [3]
+    assert asyncio.run(batcher.submit(None, [])) == []
     batcher.close()
 
 

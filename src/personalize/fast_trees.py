@@ -809,4 +809,5 @@ def warm_up(learner: Any, ensemble: Sequence[Any] = ()) -> None:
             forest._shap_tables()
     everything = [m for m in boosters_of(learner, ensemble) if parsed_model(m) is not None]
     if everything:
-        combined_forest(everything)
+        forest = combined_forest(everything)
+        forest.raw_scores(np.full((forest.n_features, 1), np.nan))  # load the kernel

@@ -21,7 +21,12 @@ from personalize.calibration import ArmCalibrator, BenefitCalibration
 from personalize.cohort.columns import Column, column, columns
 from personalize.cohort.columns import reading as columns_reading
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
-from personalize.cohort.validate import NO_PREFERENCE, feature_frame
+from personalize.cohort.validate import (
+    NO_PREFERENCE,
+    feature_frame,
+    features_of,
+    typed_columns,
+)
 from personalize.decision import DecisionRule
 from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
@@ -189,14 +194,6 @@ class PersonalizeModel:
     def predict_arrays(self, frame: pd.DataFrame, explain: int = 3) -> Predictions:
         """predict's answer as arrays, before rendering: what the batch scorer writes as
         columns. `predict` is exactly `render(predict_arrays(...))`."""
-        X = self.features(frame)
-        # each column converted once, each booster evaluated once per input: shared by all
-        with columns_reading(X), self._batch():
-            p0, p1 = self.arms(X)
-            benefit = p1 - p0
-            lower, upper = self.benefit_interval(X, benefit)
-            names, index, contribution = self._top_drivers(X, explain, (p0, p1))
-            warnings = self.training_range.warnings(X)
         pref_col = self.pipeline.cohort.preference
         pref = None
         if pref_col and pref_col in frame.columns:
@@ -206,9 +203,29 @@ class PersonalizeModel:
                 .where(frame[pref_col].notna(), NO_PREFERENCE)
                 .to_numpy()
             )
-        rec, why = self.rule.decide(benefit, lower, upper, pref)
         id_col = self.pipeline.cohort.id
         ids = frame[id_col].astype(str).to_numpy() if id_col in frame.columns else None
+        return self.predict_columns(typed_columns(frame, self.pipeline), explain, pref, ids)
+
+    def predict_columns(
+        self,
+        cols: dict[str, Column],
+        explain: int = 3,
+        preference: np.ndarray | None = None,
+        ids: np.ndarray | None = None,
+    ) -> Predictions:
+        """`predict_arrays` from features already typed (`validate.typed_columns`), e.g.
+        the service's patients, validated against the model's contract: no frame to parse.
+        `preference`: each patient's stated preferred arm, or "none"."""
+        X = features_of(cols, self.pipeline)
+        # columns read from `cols`, each booster evaluated once per input: shared by all
+        with columns_reading(X, cols), self._batch():
+            p0, p1 = self.arms(X)
+            benefit = p1 - p0
+            lower, upper = self.benefit_interval(X, benefit)
+            names, index, contribution = self._top_drivers(X, explain, (p0, p1))
+            warnings = self.training_range.warnings(X)
+        rec, why = self.rule.decide(benefit, lower, upper, preference)
         return Predictions(
             X=X,
             ids=ids,

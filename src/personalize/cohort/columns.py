@@ -7,6 +7,8 @@ values, so that cost was most of a one-patient answer. Inside ``reading(X)`` (wh
 `PersonalizeModel.predict_arrays` opens) `columns(X)` converts the frame once and every
 reader shares the result; outside it each call converts afresh. The frame must not be
 modified while it is being read, which holds for the frames `feature_frame` builds.
+`validate.typed_columns` builds the columns before the frame, so nothing is converted
+back.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def column(X: pd.DataFrame, name: str) -> Column:
 
 
 @contextlib.contextmanager
-def reading(X: pd.DataFrame) -> Iterator[dict[str, Column]]:
-    token = _open.set((X, {str(name): convert(col) for name, col in X.items()}))
+def reading(
+    X: pd.DataFrame, converted: dict[str, Column] | None = None
+) -> Iterator[dict[str, Column]]:
+    """Within the block, X's columns are converted once (or taken from `converted`, when
+    the caller built X from them)."""
+    cols = converted if converted is not None else {str(n): convert(c) for n, c in X.items()}
+    token = _open.set((X, cols))
     try:
-        yield columns(X)
+        yield cols
     finally:
         _open.reset(token)

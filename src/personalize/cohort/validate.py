@@ -6,12 +6,14 @@ fixes a file in one pass; `prepare` refuses a cohort with problems.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from personalize.cohort.columns import Column
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 
 SHOW_ROWS = 5
@@ -334,22 +336,50 @@ def feature_frame(frame: pd.DataFrame, pipeline: Pipeline) -> pd.DataFrame:
     Categorical dtypes with fixed levels make LightGBM's encoding independent of which
     levels happen to appear in a given file (training, batch chunk or one request).
     """
-    cols: dict[str, object] = {}
+    return features_of(typed_columns(frame, pipeline), pipeline)
+
+
+def typed_columns(frame: pd.DataFrame, pipeline: Pipeline) -> dict[str, Column]:
+    """Each feature of `frame` as a `Column`: numbers (NaN where missing or not a finite
+    number), categoricals as codes over the declared levels (NaN where missing or not a
+    level). Frames already typed (float64 columns, categoricals over the declared levels,
+    as the service builds them) are taken as they are."""
+    cols: dict[str, Column] = {}
     for name, spec in pipeline.features.items():
         col = frame[name]
         if isinstance(spec, NumericFeature):
-            if col.dtype == np.float64:  # already typed (e.g. the service's frames)
+            if col.dtype == np.float64:
                 values = col.to_numpy()
-                cols[name] = np.where(np.isinf(values), np.nan, values)
+                values = np.where(np.isinf(values), np.nan, values)
             else:
-                cols[name] = _as_number(col)[0].to_numpy(dtype=float)
-        elif isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == list(
-            spec.levels
-        ):
-            cols[name] = col.array
+                values = _as_number(col)[0].to_numpy(dtype=float)
+            cols[name] = Column(values, float64=True)
         else:
-            cols[name] = pd.Categorical(_as_text(col), categories=spec.levels)
-    return pd.DataFrame(cols, index=pd.RangeIndex(len(frame)))
+            dtype = categorical_dtype(tuple(spec.levels))
+            if col.dtype is not dtype and col.dtype != dtype:
+                col = pd.Series(pd.Categorical(_as_text(col), dtype=dtype), index=col.index)
+            codes = col.cat.codes.to_numpy()
+            cols[name] = Column(np.where(codes < 0, np.nan, codes), list(spec.levels))
+    return cols
+
+
+def features_of(cols: dict[str, Column], pipeline: Pipeline) -> pd.DataFrame:
+    """The feature frame of `typed_columns`' output."""
+    data: dict[str, object] = {}
+    for name, col in cols.items():
+        if col.levels is None:
+            data[name] = col.values
+        else:
+            dtype = categorical_dtype(tuple(col.levels))
+            data[name] = pd.Categorical.from_codes(col.codes, dtype=dtype)
+    n = len(next(iter(cols.values())).values) if cols else 0
+    return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+
+@functools.cache
+def categorical_dtype(levels: tuple[str, ...]) -> pd.CategoricalDtype:
+    """One dtype instance per set of levels, so frames share it (cheap to compare)."""
+    return pd.CategoricalDtype(list(levels))
 
 
 def prepare(frame: pd.DataFrame, pipeline: Pipeline) -> Cohort:

@@ -18,7 +18,7 @@ from scipy.special import ndtri
 
 from personalize import fast_trees
 from personalize.calibration import ArmCalibrator, BenefitCalibration
-from personalize.cohort.columns import Column, column, columns
+from personalize.cohort.columns import Column, columns
 from personalize.cohort.columns import reading as columns_reading
 from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
 from personalize.cohort.validate import (
@@ -228,6 +228,7 @@ class PersonalizeModel:
         rec, why = self.rule.decide(benefit, lower, upper, preference)
         return Predictions(
             X=X,
+            columns=cols,
             ids=ids,
             outcome_control=p0,
             outcome_treatment=p1,
@@ -262,14 +263,11 @@ class PersonalizeModel:
             result.insert(0, self.pipeline.cohort.id, pred.ids)
         return result
 
-    def drivers(self, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:
-        return self._driver_dicts(X, *self._top_drivers(X, k))
-
     def driver_dicts(self, pred: Predictions) -> list[list[dict[str, Any]]]:
         """Each patient's top drivers as dicts (feature, label, value, contribution,
         direction): what `render` writes as JSON and the service returns."""
         return self._driver_dicts(
-            pred.X, pred.driver_names, pred.driver_index, pred.driver_contribution
+            pred.columns, pred.driver_names, pred.driver_index, pred.driver_contribution
         )
 
     def _top_drivers(
@@ -290,7 +288,11 @@ class PersonalizeModel:
         return names, index, contribution
 
     def _driver_dicts(
-        self, X: pd.DataFrame, names: list[str], index: np.ndarray, contribution: np.ndarray
+        self,
+        cols: dict[str, Column],
+        names: list[str],
+        index: np.ndarray,
+        contribution: np.ndarray,
     ) -> list[list[dict[str, Any]]]:
         t, ctrl = self.rule.treatment, self.rule.control
         labels = [self._label(name) for name in names]
@@ -300,7 +302,7 @@ class PersonalizeModel:
             if names[j] == ARM_DRIVER:
                 return None
             if j not in values:
-                values[j] = _display_column(column(X, names[j]))
+                values[j] = _display_column(cols[names[j]])
             return values[j][i]
 
         out = []
@@ -364,6 +366,7 @@ class Predictions:
     """Per patient, as arrays: what `PersonalizeModel.predict` renders."""
 
     X: pd.DataFrame
+    columns: dict[str, Column]  # X's columns as arrays (`validate.typed_columns`)
     ids: np.ndarray | None
     outcome_control: np.ndarray
     outcome_treatment: np.ndarray

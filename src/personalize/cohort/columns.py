@@ -58,14 +58,6 @@ def columns(X: pd.DataFrame) -> dict[str, Column]:
     return {str(name): convert(col) for name, col in X.items()}
 
 
-def column(X: pd.DataFrame, name: str) -> Column:
-    """One column of X (shared within `reading(X)`)."""
-    current = _open.get()
-    if current is not None and current[0] is X:
-        return current[1][name]
-    return convert(X[name])
-
-
 @contextlib.contextmanager
 def reading(
     X: pd.DataFrame, converted: dict[str, Column] | None = None

@@ -105,20 +105,45 @@ def serve(
 
 
 class TcpConfig(uvicorn.Config):
-    """uvicorn's config, with its listening socket marked as TCP.
+    """uvicorn's config, with a listening socket that suits several workers.
 
-    With several workers uvicorn binds ``socket.socket(family)``, whose ``proto`` is 0, so
-    asyncio does not set TCP_NODELAY on the connections it accepts, and each response body
-    written after its headers waits for the client's delayed ACK: about 40 ms per request
-    on Linux (Kludex/uvicorn#3149). The same descriptor declared as TCP gets TCP_NODELAY on
-    every accepted connection, in every worker."""
+    uvicorn binds one ``socket.socket(family)`` and hands a copy to every worker. Two
+    problems follow. Its ``proto`` is 0, so asyncio does not set TCP_NODELAY on the
+    connections it accepts, and a response body written after its headers can wait for the
+    client's delayed ACK (about 40 ms on Linux; Kludex/uvicorn#3149). And all workers wait
+    on one accept queue: whichever wakes first accepts every pending connection, so a
+    client or proxy that opens its keep-alive connections together lands them all on one
+    worker while the others idle. Here the socket is TCP, and each worker opens its own
+    with SO_REUSEPORT (where the platform has it), so the kernel spreads connections over
+    the workers."""
 
     def bind_socket(self) -> socket.socket:
         sock = super().bind_socket()
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return sock
+        address = sock.getsockname()
+        if not hasattr(socket, "SO_REUSEPORT"):
             family, kind = sock.family, sock.type
-            sock = socket.socket(family, kind, socket.IPPROTO_TCP, fileno=sock.detach())
+            return socket.socket(family, kind, socket.IPPROTO_TCP, fileno=sock.detach())
+        sock.close()
+        return WorkerListener.bound(sock.family, address)
+
+
+class WorkerListener(socket.socket):
+    """A TCP listening socket bound with SO_REUSEPORT that each worker process opens for
+    itself: pickled to a worker (uvicorn spawns them), it is re-created there, not shared."""
+
+    @classmethod
+    def bound(cls, family: int, address: Any) -> WorkerListener:
+        sock = cls(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.set_inheritable(True)
         return sock
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkerListener.bound, (self.family, self.getsockname()))
 
 
 def _redact(url: str) -> str:

@@ -63,14 +63,11 @@ class Batcher(Generic[Job, Result]):
         queued: _Queued[Job, Result] = _Queued(model, job, self.size(job))
         self._ensure_thread()
         self._queue.put(queued)
-        future = asyncio.wrap_future(queued.future)
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout=1.0)
-            except TimeoutError:  # still queued or running; or queued behind a close()
-                self._ensure_thread()
+        return await asyncio.wrap_future(queued.future)
 
     def close(self) -> None:
+        """Stop the scoring thread after the jobs queued so far (the server has stopped
+        taking requests when its lifespan ends); a later job starts a new one."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:

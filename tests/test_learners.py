@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from personalize import fast_trees
 from personalize.learners import ARM_DRIVER, LEARNERS, make_learner
 from personalize.learners.base import rescale
 
@@ -51,6 +54,23 @@ def test_contributions_are_exact_and_benefit_is_difference(name: str, kind: str)
     np.testing.assert_allclose(c.benefit_base + c.benefit_phi.sum(axis=1), mu1 - mu0, atol=1e-9)
     if kind == "binary":
         assert ((mu0 >= 0) & (mu0 <= 1)).all()
+
+
+@pytest.mark.parametrize("kind", ["binary", "continuous"])
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_an_ensembles_arms_at_once_are_each_members_bits(name: str, kind: str) -> None:
+    """`arms_of` (the interval's bootstrap members in one call) changes no number, with
+    the compiled trees batched (as predict does) or not, for a few rows or many."""
+    X, t, y, w = trial(kind)
+    members = [make_learner(name, kind, seed=s).fit(X, t, y, w) for s in range(3)]
+    for rows in (X.iloc[:1], X.iloc[:5], X):
+        one_by_one = [m.predict_arms(rows) for m in members]
+        for batched in (False, True):
+            with fast_trees.batch(fast_trees.boosters_of(members)) if batched else nullcontext():
+                mu0, mu1 = type(members[0]).arms_of(members, rows)
+            assert mu0.shape == mu1.shape == (len(rows), len(members))
+            for j, (m0, m1) in enumerate(one_by_one):
+                assert np.array_equal(mu0[:, j], m0) and np.array_equal(mu1[:, j], m1)
 
 
 @pytest.mark.parametrize("name", ["t", "x", "dr", "effect_linear"])

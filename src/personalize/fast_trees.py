@@ -784,6 +784,24 @@ def raw_score(model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
     return None if xt is None else forest.raw_scores(xt)[0]
 
 
+def raw_scores_of(models: Sequence[Any], X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
+    """`raw_score` of every model, stacked (models x rows), when an active batch covers them
+    all: one pass and one stack, not a look-up per model. Else None."""
+    active = _active.get()
+    if active is None or not models:
+        return None
+    rows = [active.raw_score(models[0], X)]
+    if rows[0] is None:
+        return None
+    layout = active.plan.members[id(models[0])]
+    if any(active.plan.members.get(id(m)) != layout for m in models):
+        return None
+    for seen_layout, frame, scores in active.done:
+        if seen_layout == layout and frame is X:
+            return np.stack([scores[id(m)] for m in models])
+    return None
+
+
 def contributions(model: Any, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``pred_contrib`` split as (phi, base), exact to rounding, or None (use LightGBM).
     Used for every row count, so a patient's drivers are the same bits in any batch."""

@@ -117,10 +117,7 @@ class PersonalizeModel:
     def _member_benefits(self, X: pd.DataFrame) -> np.ndarray:
         """`_raw_benefit` of every bootstrap member (rows x members), calibrated in one
         call per arm (the maps are elementwise: the same numbers as member by member)."""
-        arms = [m.predict_arms(X) for m in self.ensemble]
-        p0, p1 = self._calibrate(
-            np.column_stack([a[0] for a in arms]), np.column_stack([a[1] for a in arms])
-        )
+        p0, p1 = self._calibrate(*type(self.learner).arms_of(self.ensemble, X))
         return p1 - p0
 
     def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

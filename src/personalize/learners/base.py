@@ -9,6 +9,7 @@ into per-feature contributions. Benefit is always treatment minus control.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Self
 
@@ -92,6 +93,15 @@ class EffectLearner(ABC):
     @abstractmethod
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         """Exact additive decomposition of predict_arms."""
+
+    @classmethod
+    def arms_of(
+        cls, learners: Sequence[EffectLearner], X: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_arms` of several fitted learners of this class (a bootstrap ensemble)
+        as (rows x learners) arrays: the same numbers; a subclass may compute them at once."""
+        arms = [learner.predict_arms(X) for learner in learners]
+        return np.column_stack([a[0] for a in arms]), np.column_stack([a[1] for a in arms])
 
     def benefit(self, X: pd.DataFrame) -> np.ndarray:
         mu0, mu1 = self.predict_arms(X)

@@ -48,6 +48,14 @@ def raw_score(model: lgb.LGBMModel, X: pd.DataFrame) -> np.ndarray:
     return np.asarray(model.predict(X, raw_score=True), dtype=float)
 
 
+def raw_scores(models: list[lgb.LGBMModel], X: pd.DataFrame) -> np.ndarray:
+    """`raw_score` of several boosters, stacked (boosters x rows)."""
+    fast = fast_trees.raw_scores_of(models, X)
+    if fast is not None:
+        return fast
+    return np.stack([raw_score(model, X) for model in models])
+
+
 def tree_contributions(model: lgb.LGBMModel, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """TreeSHAP on the raw scale: (phi n x p, base n); raw = base + phi.sum(1).
 

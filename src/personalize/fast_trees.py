@@ -55,10 +55,10 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -575,9 +575,33 @@ def _split_key(tree: Tree, j: int) -> tuple[int, int, float, bool, tuple[int, ..
 
 _parsed: weakref.WeakKeyDictionary[Any, ParsedModel | None] = weakref.WeakKeyDictionary()
 _single: weakref.WeakKeyDictionary[Any, Forest] = weakref.WeakKeyDictionary()
-_combined: dict[tuple[int, ...], tuple[list[weakref.ref[Any]], Forest]] = {}
 _cache_lock = threading.RLock()
 MAX_COMBINED = 8
+T = TypeVar("T")
+
+
+class _ByModels(Generic[T]):
+    """A few values built from a sequence of models, keyed by the models' identities (an
+    entry whose models were collected, and whose ids may be reused, is rebuilt)."""
+
+    def __init__(self, size: int = MAX_COMBINED) -> None:
+        self.size = size
+        self.items: dict[tuple[int, ...], tuple[list[weakref.ref[Any]], T]] = {}
+
+    def get(self, models: Sequence[Any], build: Callable[[], T]) -> T:
+        key = tuple(id(m) for m in models)
+        with _cache_lock:
+            hit = self.items.get(key)
+            if hit is not None and all(r() is m for r, m in zip(hit[0], models, strict=True)):
+                return hit[1]
+            value = build()
+            if len(self.items) >= self.size:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = ([weakref.ref(m) for m in models], value)
+            return value
+
+
+_combined: _ByModels[Forest] = _ByModels()
 
 
 def parsed_model(model: Any) -> ParsedModel | None:
@@ -613,17 +637,12 @@ def single_forest(model: Any) -> Forest | None:
 
 def combined_forest(models: Sequence[Any]) -> Forest:
     """A Forest over several compilable boosters of one layout (cached by identity)."""
-    key = tuple(id(m) for m in models)
-    with _cache_lock:
-        hit = _combined.get(key)
-        if hit is not None and all(r() is m for r, m in zip(hit[0], models, strict=True)):
-            return hit[1]
+
+    def build() -> Forest:
         parsed = [parsed_model(m) for m in models]
-        forest = Forest([p for p in parsed if p is not None])
-        if len(_combined) >= MAX_COMBINED:
-            _combined.pop(next(iter(_combined)))
-        _combined[key] = ([weakref.ref(m) for m in models], forest)
-        return forest
+        return Forest([p for p in parsed if p is not None])
+
+    return _combined.get(models, build)
 
 
 # --------------------------------------------------------------------------- batches
@@ -638,15 +657,11 @@ class Plan:
     members: dict[int, tuple[Any, ...]]
 
 
-_plans: dict[tuple[int, ...], tuple[list[weakref.ref[Any]], Plan]] = {}
+_plans: _ByModels[Plan] = _ByModels()
 
 
 def plan(models: Sequence[Any]) -> Plan:
-    key = tuple(id(m) for m in models)
-    with _cache_lock:
-        hit = _plans.get(key)
-        if hit is not None and all(r() is m for r, m in zip(hit[0], models, strict=True)):
-            return hit[1]
+    def build() -> Plan:
         layouts: dict[tuple[Any, ...], list[Any]] = {}
         members: dict[int, tuple[Any, ...]] = {}
         for model in dict.fromkeys(models):  # unique, in order
@@ -655,11 +670,9 @@ def plan(models: Sequence[Any]) -> Plan:
                 continue
             layouts.setdefault(parsed.layout, []).append(model)
             members[id(model)] = parsed.layout
-        result = Plan(layouts, members)
-        if len(_plans) >= MAX_COMBINED:
-            _plans.pop(next(iter(_plans)))
-        _plans[key] = ([weakref.ref(m) for m in models], result)
-        return result
+        return Plan(layouts, members)
+
+    return _plans.get(models, build)
 
 
 class Batch:

@@ -66,7 +66,12 @@ class Benefit(BaseModel):
     estimate: float = Field(description="treatment minus control, on the outcome's scale")
     lower: float = Field(description="lower end of the interval")
     upper: float = Field(description="upper end of the interval")
-    level: float = Field(description="coverage of the interval, e.g. 0.9")
+    level: float = Field(
+        description="nominal coverage of the interval, e.g. 0.9. The interval is for the "
+        "average benefit among patients like this one (same predicted benefit): the model's "
+        "uncertainty, not the spread of individual responses, which is wider; see the model "
+        "card and benchmarks/results/recovery.md"
+    )
     definition: str = Field(description="e.g. 'MBT minus CBT (positive favours MBT)'")
     scale: Literal["probability", "points"]
 

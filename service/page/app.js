@@ -907,7 +907,9 @@
       h("p", { class: "fine" }, includesZero
         ? `The ${level}% interval includes no difference (0).`
         : `The whole ${level}% interval favours ${b.estimate > 0 ? treatment.label : control.label}.`,
-      ` Positive values favour ${treatment.label}; negative values favour ${control.label}.`)));
+      ` Positive values favour ${treatment.label}; negative values favour ${control.label}.` +
+      " The interval is for the average difference among patients like this one; " +
+      "individual patients vary more.")));
 
     // drivers
     if (result.drivers.length) {

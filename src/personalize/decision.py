@@ -54,7 +54,9 @@ class DecisionRule:
                 if not self.evidence:
                     reason += " (the trial data show no reliable difference between arms)"
                 elif lower[i] <= 0 <= upper[i]:
-                    reason += f" (the {pct} interval for this patient includes no difference)"
+                    reason += (
+                        f" (the {pct} interval for patients like this one includes no difference)"
+                    )
                 else:
                     reason += (
                         f" (the expected difference is below the "

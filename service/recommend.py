@@ -1,7 +1,7 @@
 """The one path from validated patients to responses, shared by every route that recommends
-(single, batch, CDS Hooks): score (one `PersonalizeModel.predict_arrays` call, shared with
+(single, batch, CDS Hooks): score (one `PersonalizeModel.predict_columns` call, shared with
 concurrent requests by `service.batching`), audit, count, convert. No number is computed
-here; `predict` and the batch scorer render the same arrays.
+here; `predict` and the batch scorer compute the same arrays.
 """
 
 from __future__ import annotations

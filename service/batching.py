@@ -113,6 +113,11 @@ class Batcher(Generic[Job, Result]):
             self._do([carry])
 
     def _do(self, group: list[_Queued[Job, Result]]) -> None:
+        # a request cancelled while queued (its client went away) is dropped; the others
+        # can no longer be cancelled, so their results always land
+        group = [queued for queued in group if queued.future.set_running_or_notify_cancel()]
+        if not group:
+            return
         try:
             results = self.work(group[0].model, [queued.job for queued in group])
         except Exception as exc:  # handed to the waiting requests
@@ -121,7 +126,14 @@ class Batcher(Generic[Job, Result]):
                 return
             log.warning("a combined call failed (%s); doing each request alone", type(exc).__name__)
             for queued in group:
-                self._do([queued])
+                self._retry(queued)
             return
         for queued, result in zip(group, results, strict=True):
             queued.future.set_result(result)
+
+    def _retry(self, queued: _Queued[Job, Result]) -> None:
+        """One job alone, after a combined call failed (its future is already running)."""
+        try:
+            queued.future.set_result(self.work(queued.model, [queued.job])[0])
+        except Exception as exc:
+            queued.future.set_exception(exc)

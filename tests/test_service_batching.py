@@ -120,6 +120,40 @@ def test_a_failing_request_fails_alone() -> None:
             assert got == [(model, r * 10)]
 
 
+def test_a_request_cancelled_while_queued_is_dropped_and_the_others_answered() -> None:
+    """A client that goes away while its request waits (the task is cancelled) must not
+    break the scoring thread for everyone else."""
+    recorder = Recorder()
+    batcher = batcher_of(recorder)
+    model = object()
+    first: list[Any] = []
+    holder = threading.Thread(
+        target=lambda: first.append(asyncio.run(batcher.submit(model, [{"i": 1}])))
+    )
+    holder.start()
+    assert recorder.entered.wait(30)
+
+    async def rest() -> list[Any]:
+        gone = asyncio.create_task(batcher.submit(model, [{"i": 2}]))
+        kept = asyncio.create_task(batcher.submit(model, [{"i": 3}]))
+        while batcher._queue.qsize() < 2:
+            await asyncio.sleep(0.005)
+        gone.cancel()
+        recorder.release.set()
+        return [await kept, await asyncio.gather(gone, return_exceptions=True)]
+
+    try:
+        kept, gone = asyncio.run(rest())
+        holder.join(30)
+        assert first == [[(model, 10)]]
+        assert kept == [(model, 30)]
+        assert isinstance(gone[0], asyncio.CancelledError)
+        assert [ids for _, ids in recorder.calls] == [[1], [3]]  # 2 was never scored
+        assert asyncio.run(batcher.submit(model, [{"i": 4}])) == [(model, 40)]  # still alive
+    finally:
+        batcher.close()
+
+
 def test_the_scoring_thread_restarts_after_close() -> None:
     batcher = batcher_of(lambda model, jobs: [[p["i"] for p in job] for job in jobs])
     assert asyncio.run(batcher.submit(None, [{"i": 1}, {"i": 2}])) == [1, 2]

@@ -21,11 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personalize import __version__
 from service import cds_hooks, metrics
-from service.audit import Database
+from service.audit import Database, get_database
 from service.auth import Admin, AnyKey, Clinician, Researcher
 from service.recommend import (
     CurrentModel,
@@ -55,6 +56,7 @@ from service.schemas import (
 from service.settings import Settings
 
 log = logging.getLogger("personalize.service")
+RELOAD = "model_reload"  # the signal a reload raises for the other workers and replicas
 
 DESCRIPTION = """\
 Per-patient, calibrated and explained recommendations between the two arms of a
@@ -267,13 +269,23 @@ def schema(principal: AnyKey, loaded: CurrentModel) -> SchemaInfo:
         503: {"model": Problem, "description": "the registry is unreachable"},
     },
     tags=["operations"],
-    summary="Check the registry now and swap to the alias's current version (admin)",
+    summary="Check the registry now and swap to the alias's current version, in every worker "
+    "and replica within about a second (admin)",
 )
-def reload(principal: Admin, holder: Annotated[ModelHolder, Depends(get_holder)]) -> ReloadResult:
+def reload(
+    principal: Admin,
+    holder: Annotated[ModelHolder, Depends(get_holder)],
+    database: Annotated[Database, Depends(get_database)],
+) -> ReloadResult:
     try:
         result = holder.refresh()
     except RegistryError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    try:  # the other workers and replicas follow within a second or so
+        database.raise_signal(RELOAD)
+    except SQLAlchemyError as exc:
+        reason = type(exc).__name__
+        log.warning("could not signal the other workers (%s); they follow when they poll", reason)
     log.info(
         "reload by key=%s: %s version %s (changed=%s)",
         principal.key_id,
@@ -352,7 +364,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     secret = settings.pseudonym_secret.get_secret_value() if settings.pseudonym_secret else None
     database = Database(settings.resolved_database_url(), secret)
-    holder = ModelHolder(settings, on_swap=metrics.on_swap)
+    holder = ModelHolder(
+        settings, on_swap=metrics.on_swap, reload_signal=lambda: database.signal(RELOAD)
+    )
     scorer = scoring_thread(settings, database)
     mapping = cds_hooks.FhirMapping.load(settings.fhir_mapping)
 

@@ -97,6 +97,16 @@ class ServiceSecret(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ServiceSignal(Base):
+    """When something every replica must act on was last asked for (e.g. a model reload
+    requested from one worker): the others read it on their next check."""
+
+    __tablename__ = "service_signals"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One patient's recommendation, as `Database.record` writes it."""
@@ -145,6 +155,30 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
+
+    def raise_signal(self, name: str) -> datetime:
+        """Record that `name` was asked for now (for every replica to see)."""
+        now = utcnow()
+        with self.session() as session:
+            row = session.get(ServiceSignal, name)
+            if row is None:
+                session.add(ServiceSignal(name=name, raised_at=now))
+            else:
+                row.raised_at = now
+            try:
+                session.commit()
+            except IntegrityError:  # another replica created the row first: update it
+                session.rollback()
+                session.get_one(ServiceSignal, name).raised_at = now
+                session.commit()
+        return now
+
+    def signal(self, name: str) -> datetime | None:
+        """When `name` was last raised, if ever."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(ServiceSignal.raised_at).where(ServiceSignal.name == name)
+            ).scalar_one_or_none()
 
     def pseudonym_key(self) -> bytes:
         """The HMAC key: from settings, else the one stored in the database (created by
@@ -252,6 +286,7 @@ __all__ = [
     "Database",
     "SQLAlchemyError",
     "ServiceSecret",
+    "ServiceSignal",
     "get_database",
     "make_engine",
 ]

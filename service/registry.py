@@ -7,7 +7,9 @@ never changes the model under a request in flight, and no request waits for a lo
 
 A background thread (one per worker process) does the first load, then polls the registry
 every `poll_seconds` for the alias moving (every `retry_seconds` while nothing, or only the
-cached copy, is loaded). `POST /v1/admin/reload` runs the same check at once.
+cached copy, is loaded). `POST /v1/admin/reload` runs the same check at once in the process
+that receives it and raises a reload signal in the shared database; every other worker or
+replica reads that signal every `SIGNAL_SECONDS` and checks the registry too.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +46,7 @@ log = logging.getLogger("personalize.service.registry")
 CACHE_FILE = "model.joblib"
 META_FILE = "meta.json"
 KEEP_CACHED_VERSIONS = 5
+SIGNAL_SECONDS = 1.0  # how often each process looks for a reload asked of another
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
@@ -168,8 +173,16 @@ SwapHook = Callable[[LoadedModel | None, LoadedModel], None]
 class ModelHolder:
     """The current model of this process, its loader and its poller."""
 
-    def __init__(self, settings: Settings, on_swap: SwapHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_swap: SwapHook | None = None,
+        reload_signal: Callable[[], datetime | None] | None = None,
+    ) -> None:
+        """`reload_signal`: when a reload was last requested of any replica (checked every
+        `SIGNAL_SECONDS`; a newer one makes this process check the registry at once)."""
         self.settings = settings
+        self._reload_signal = reload_signal
         self.model_uri = settings.resolved_model_uri()
         self.ref = parse_model_uri(self.model_uri)
         self.tracking_uri = settings.resolved_tracking_uri()
@@ -209,10 +222,12 @@ class ModelHolder:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        seen = self._reload_requested()  # reloads asked for before this process started
         try:
             self._initial()
         finally:
             self._initial_done.set()
+        checked = time.monotonic()
         while True:
             current = self._current
             if current is None or current.source == "cache":
@@ -220,14 +235,29 @@ class ModelHolder:
             elif self.settings.poll_seconds > 0:
                 interval = self.settings.poll_seconds
             else:
-                self._stop.wait()
+                interval = math.inf
+            tick = min(interval, SIGNAL_SECONDS) if self._reload_signal else interval
+            if self._stop.wait(None if math.isinf(tick) else tick):
                 return
-            if self._stop.wait(interval):
-                return
+            requested = self._reload_requested()
+            asked = requested is not None and (seen is None or requested > seen)
+            seen = requested if requested is not None else seen
+            if not asked and time.monotonic() - checked < interval:
+                continue
+            checked = time.monotonic()
             try:
                 self.refresh()
             except Exception as exc:
                 self._note_failure(exc)
+
+    def _reload_requested(self) -> datetime | None:
+        if self._reload_signal is None:
+            return None
+        try:
+            return self._reload_signal()
+        except Exception as exc:  # the audit database is down: polling goes on
+            log.warning("could not read the reload signal: %s", type(exc).__name__)
+            return None
 
     def _initial(self) -> None:
         """Registry first; if it has not answered within registry_timeout, the local cache

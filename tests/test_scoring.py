@@ -412,9 +412,7 @@ def test_compiled_paths_reproduce_lightgbm(registered: scoring.ResolvedModel) ->
     saved = fast_trees.HAVE_NUMBA
     try:
         fast_trees.HAVE_NUMBA = False
-        fast_trees._parsed.clear()
-        fast_trees._single.clear()
-        fast_trees._combined.clear()
+        fast_trees.clear_caches()
         slow = model.predict(frame, explain=3)
     finally:
         fast_trees.HAVE_NUMBA = saved

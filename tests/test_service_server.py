@@ -106,6 +106,39 @@ def test_two_workers_share_the_audit_database_keys_and_metrics(tmp_path: Path) -
             assert r.status_code == 401
 
 
+def test_a_reload_reaches_every_worker(tmp_path: Path) -> None:
+    """POST /v1/admin/reload lands on one worker; the others follow through the database
+    signal, not at their next registry poll (which this server never does)."""
+    reg = registry().copy(tmp_path / "registry")
+    with serve(tmp_path, reg, workers=2) as server:
+        admin, clinician = new_key(server, "admin"), new_key(server, "clinician")
+
+        def versions(n: int = 24) -> set[str]:
+            seen = set()
+            for _ in range(n):  # new connections: the kernel spreads them over the workers
+                r = httpx.post(
+                    f"{server.url}/v1/recommendations",
+                    json={"patient": STAMP_PATIENT},
+                    headers=clinician,
+                    timeout=30,
+                )
+                assert r.status_code == 200, r.text
+                seen.add(r.json()["model"]["version"])
+            return seen
+
+        assert versions() == {"1"}
+        reg.set_champion("2")
+        time.sleep(1.5)
+        assert versions() == {"1"}  # no poll: nothing moves by itself
+        reload = httpx.post(f"{server.url}/v1/admin/reload", headers=admin, timeout=60)
+        assert reload.status_code == 200 and reload.json()["current"]["version"] == "2"
+        deadline = time.time() + 20
+        while versions() != {"2"}:
+            assert time.time() < deadline, "a worker kept serving version 1"
+            time.sleep(0.5)
+        assert versions(40) == {"2"}
+
+
 @pytest.fixture
 def swap_server(tmp_path: Path) -> Iterator[tuple[Server, Registry]]:
     reg = registry().copy(tmp_path / "registry")

@@ -601,7 +601,19 @@ class _ByModels(Generic[T]):
             return value
 
 
+    def clear(self) -> None:
+        with _cache_lock:
+            self.items.clear()
+
+
 _combined: _ByModels[Forest] = _ByModels()
+
+
+def clear_caches() -> None:
+    """Forget every parsed booster, forest and batch plan (e.g. to measure without them)."""
+    with _cache_lock:
+        for cache in (_parsed, _single, _combined, _plans):
+            cache.clear()
 
 
 def parsed_model(model: Any) -> ParsedModel | None:

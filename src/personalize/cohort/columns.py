@@ -14,6 +14,7 @@ back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +31,10 @@ class Column:
     levels: list[str] | None = None  # a categorical's levels, in code order
     float64: bool = False  # a numeric column stored as float64 (not converted)
 
-    @property
+    @functools.cached_property
     def codes(self) -> np.ndarray:
-        """A categorical's codes as integers, -1 where missing."""
+        """A categorical's codes as integers, -1 where missing (computed once: every
+        bootstrap member's linear design reads them)."""
         return np.where(np.isnan(self.values), -1, self.values).astype(np.int64)
 
 

@@ -14,8 +14,8 @@ back.
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 

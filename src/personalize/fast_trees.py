@@ -600,7 +600,6 @@ class _ByModels(Generic[T]):
             self.items[key] = ([weakref.ref(m) for m in models], value)
             return value
 
-
     def clear(self) -> None:
         with _cache_lock:
             self.items.clear()

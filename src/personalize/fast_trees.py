@@ -709,21 +709,23 @@ class Batch:
         self.matrices.append((layout, X, xt))
         return xt
 
-    def raw_score(self, model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
-        layout = self.plan.members.get(id(model))
-        if layout is None:
+    def scores(self, models: Sequence[Any], X: Any) -> list[np.ndarray] | None:
+        """Each model's raw scores on X (one pass for all the batch's models of their
+        layout, the first time), or None if some model is not in one layout here."""
+        layout = self.plan.members.get(id(models[0])) if models else None
+        if layout is None or any(self.plan.members.get(id(m)) != layout for m in models):
             return None
         for seen_layout, frame, scores in self.done:
             if seen_layout == layout and _same_frame(frame, X):
-                return scores[id(model)]
-        models = self.plan.layouts[layout]
-        forest = combined_forest(models)
+                return [scores[id(m)] for m in models]
+        group = self.plan.layouts[layout]
+        forest = combined_forest(group)
         xt = self.matrix(forest, layout, X)
         if xt is None:
             return None
-        scores = dict(zip((id(m) for m in models), forest.raw_scores(xt), strict=True))
+        scores = dict(zip((id(m) for m in group), forest.raw_scores(xt), strict=True))
         self.done.append((layout, X, scores))
-        return scores[id(model)]
+        return [scores[id(m)] for m in models]
 
 
 _active: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
@@ -796,9 +798,9 @@ def raw_score(model: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray | None:
     """Bit-identical to ``model.predict(X, raw_score=True)``, or None (use LightGBM)."""
     active = _active.get()
     if active is not None:
-        scores = active.raw_score(model, X)
+        scores = active.scores([model], X)
         if scores is not None:
-            return scores
+            return scores[0]
     if X.shape[0] < MIN_ROWS:
         return None  # LightGBM is as fast for a handful of rows; same bits either way
     forest = single_forest(model)
@@ -812,18 +814,8 @@ def raw_scores_of(models: Sequence[Any], X: pd.DataFrame | np.ndarray) -> np.nda
     """`raw_score` of every model, stacked (models x rows), when an active batch covers them
     all: one pass and one stack, not a look-up per model. Else None."""
     active = _active.get()
-    if active is None or not models:
-        return None
-    rows = [active.raw_score(models[0], X)]
-    if rows[0] is None:
-        return None
-    layout = active.plan.members[id(models[0])]
-    if any(active.plan.members.get(id(m)) != layout for m in models):
-        return None
-    for seen_layout, frame, scores in active.done:
-        if seen_layout == layout and frame is X:
-            return np.stack([scores[id(m)] for m in models])
-    return None
+    scores = active.scores(models, X) if active is not None else None
+    return None if scores is None else np.stack(scores)
 
 
 def contributions(model: Any, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -32,7 +32,7 @@ from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
 from personalize.prognosis import Prognosis, split_arms
 
-OUTPUT_COLUMNS = [
+ANSWER_COLUMNS = [
     "outcome_control",
     "outcome_treatment",
     "benefit",
@@ -40,9 +40,8 @@ OUTPUT_COLUMNS = [
     "benefit_upper",
     "recommendation",
     "rationale",
-    "drivers",
-    "warnings",
 ]
+OUTPUT_COLUMNS = [*ANSWER_COLUMNS, "drivers", "warnings"]
 
 
 @dataclass(frozen=True)
@@ -243,17 +242,7 @@ class PersonalizeModel:
     def render(self, pred: Predictions) -> pd.DataFrame:
         """The one output frame of the service and the pyfunc (drivers and warnings as
         JSON text)."""
-        result = pd.DataFrame(
-            {
-                "outcome_control": pred.outcome_control,
-                "outcome_treatment": pred.outcome_treatment,
-                "benefit": pred.benefit,
-                "benefit_lower": pred.benefit_lower,
-                "benefit_upper": pred.benefit_upper,
-                "recommendation": pred.recommendation,
-                "rationale": pred.rationale,
-            }
-        )
+        result = pd.DataFrame(pred.answer())
         result["drivers"] = [json.dumps(d) for d in self.driver_dicts(pred)]
         result["warnings"] = [json.dumps(w) for w in pred.warnings]
         if pred.ids is not None:
@@ -376,3 +365,7 @@ class Predictions:
     driver_index: np.ndarray  # n x k, into driver_names; -1: no driver
     driver_contribution: np.ndarray  # n x k, on the outcome scale; + favours treatment
     warnings: list[list[str]]
+
+    def answer(self) -> dict[str, np.ndarray]:
+        """The per-patient answer columns every output starts with, in their order."""
+        return {name: getattr(self, name) for name in ANSWER_COLUMNS}

@@ -379,16 +379,7 @@ def output_table(
 ) -> pa.Table:
     """The scorer's columns from predict's arrays (same numbers, drivers as columns)."""
     n = len(ids)
-    cols: dict[str, Any] = {
-        schema.field(0).name: ids,
-        "outcome_control": pred.outcome_control,
-        "outcome_treatment": pred.outcome_treatment,
-        "benefit": pred.benefit,
-        "benefit_lower": pred.benefit_lower,
-        "benefit_upper": pred.benefit_upper,
-        "recommendation": pred.recommendation,
-        "rationale": pred.rationale,
-    }
+    cols: dict[str, Any] = {schema.field(0).name: ids, **pred.answer()}
     names = np.asarray([*pred.driver_names, None], dtype=object)
     for k in range(pred.driver_index.shape[1]):
         index = pred.driver_index[:, k]

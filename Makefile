@@ -32,7 +32,7 @@ demo: data/stamp_demo.parquet
 	$(BIN)/personalize serve --pipeline pipelines/stamp.yaml --port 8000
 
 test: $(STAMP) browser
-	$(BIN)/ruff check src service tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest
 

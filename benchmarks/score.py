@@ -41,9 +41,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from personalize import fast_trees, scoring, tracking
-from personalize.cohort.pipeline import load_pipeline
-from personalize.cohort.simulate import simulate
+from personalize import fast_trees, registry
+from personalize.batch import scoring
+from personalize.config import load_pipeline
+from personalize.data.simulate import simulate
 from personalize.model import PersonalizeModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def train(learners: list[str] | None, uri: str) -> scoring.ResolvedModel:
             "registry": spec.registry.model_copy(update={"model_name": name}),
         }
     )
-    reg = tracking.train(spec, simulate("stamp", 770, SEED).cohort, uri)
+    reg = registry.train(spec, simulate("stamp", 770, SEED).cohort, uri)
     return scoring.resolve_model(f"models:/{reg.model_name}/{reg.version}", uri)
 
 

@@ -57,9 +57,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the service package lives at the repository root
 
-from personalize import tracking  # noqa: E402
-from personalize.cohort.pipeline import load_pipeline  # noqa: E402
-from personalize.cohort.simulate import simulate  # noqa: E402
+from personalize import registry  # noqa: E402
+from personalize.config import load_pipeline  # noqa: E402
+from personalize.data.simulate import simulate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
 VENV_BIN = Path(sys.executable).parent
@@ -381,20 +381,20 @@ def main() -> None:
     command = " ".join(["python benchmarks/serve.py", *sys.argv[1:]])
     t0 = time.time()
 
-    tracking.quiet_mlflow()
+    registry.quiet_mlflow()
     tmp = Path(tempfile.mkdtemp(prefix="personalize-bench-serve-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
         print("training the demo model ...", flush=True)
-        reg = tracking.train(spec, simulate("stamp", 770, 7).cohort, uri)
+        reg = registry.train(spec, simulate("stamp", 770, 7).cohort, uri)
         name = spec.registry.model_name
-        version, _checks = tracking.promote(name, "candidate", uri)
+        version, _checks = registry.promote(name, "candidate", uri)
         print(f"registered {name}/{version} (learner {reg.summary.get('learner')})", flush=True)
 
         database_url = f"sqlite:///{tmp / 'service.db'}"
-        from service.commands import keys_create
+        from personalize.service.commands import keys_create
 
         _key_id, secret = keys_create("clinician", "benchmark", database_url)
 
@@ -461,7 +461,7 @@ def main() -> None:
         print(f"servers ready after {time.time() - t0:.0f} s", flush=True)
 
         # ---------------------------------------------------------------- inputs
-        model = tracking.load_model(f"models:/{name}/{version}", uri)
+        model = registry.load_model(f"models:/{name}/{version}", uri)
         schema = model.feature_schema()
         columns = list(schema)
         pref = spec.cohort.preference
@@ -619,7 +619,7 @@ def main() -> None:
         )
     lines += [
         "",
-        "How: each worker process has one scoring thread (`service/batching.py`). Requests "
+        "How: each worker process has one scoring thread (`src/personalize/service/batching.py`). Requests "
         "hand it their validated patients; it scores everything queued at that moment in one "
         "`predict` call (the cost of one patient is mostly fixed: a pass over the learner's "
         "and all bootstrap members' trees, the calibration maps) and writes the batch's audit "

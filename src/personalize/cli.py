@@ -13,8 +13,8 @@ from rich.console import Console
 if TYPE_CHECKING:
     import pandas as pd
 
-    from personalize.cohort.pipeline import Pipeline
-    from personalize.cohort.validate import ValidationReport
+    from personalize.config import Pipeline
+    from personalize.data.validate import ValidationReport
 
 app = typer.Typer(
     help="Learn from a randomized trial which of two treatments each patient is more likely "
@@ -49,10 +49,10 @@ def simulate(
     ] = None,
 ) -> None:
     """Generate a SYNTHETIC two-arm trial with known potential outcomes."""
-    from personalize.cohort.pipeline import PipelineError, load_pipeline
-    from personalize.cohort.simulate import SCENARIOS
-    from personalize.cohort.simulate import simulate as run
-    from personalize.cohort.table import TableError, write_table
+    from personalize.config import PipelineError, load_pipeline
+    from personalize.data.simulate import SCENARIOS
+    from personalize.data.simulate import simulate as run
+    from personalize.data.table import TableError, write_table
 
     if pipeline is not None:
         try:
@@ -95,7 +95,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Check a cohort against its pipeline file; list every problem (column, rows, why)."""
-    from personalize.cohort.validate import validate as check
+    from personalize.data.validate import validate as check
 
     spec, frame = _load(pipeline, cohort)
     report = check(frame, spec)
@@ -121,8 +121,8 @@ def train(
     """Train, evaluate out of fold, explain, and register a model version as `candidate`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from personalize import tracking
-    from personalize.cohort.validate import CohortError
+    from personalize import registry
+    from personalize.data.validate import CohortError
 
     spec, frame = _load(pipeline, cohort)
     cfg = spec.training
@@ -141,7 +141,7 @@ def train(
             progress.update(task, advance=1, description=name)
 
         try:
-            reg = tracking.train(spec, frame, tracking_uri, step=step)
+            reg = registry.train(spec, frame, tracking_uri, step=step)
         except CohortError as exc:
             progress.stop()
             _render_report(exc.report, cohort or Path(spec.cohort.path or ""))
@@ -183,11 +183,11 @@ def promote(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
 ) -> None:
     """Move alias `champion` to NAME/VERSION if its promotion gates pass."""
-    from personalize import tracking
+    from personalize import registry
 
     try:
-        version, checks = tracking.promote(name, version, tracking_uri)
-    except tracking.GateError as exc:
+        version, checks = registry.promote(name, version, tracking_uri)
+    except registry.GateError as exc:
         fail(f"not promoted: {exc}", code=1)
     for check in checks:
         out.print(f"  passed: {check}", highlight=False)
@@ -195,8 +195,8 @@ def promote(
 
 
 def _load(pipeline: Path, cohort: Path | None) -> tuple[Pipeline, pd.DataFrame]:
-    from personalize.cohort.pipeline import PipelineError, load_pipeline
-    from personalize.cohort.table import TableError, read_table
+    from personalize.config import PipelineError, load_pipeline
+    from personalize.data.table import TableError, read_table
 
     try:
         spec = load_pipeline(pipeline)
@@ -257,8 +257,8 @@ def serve(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
 ) -> None:
     """Run the HTTP service (recommendations, model card, CDS Hooks, metrics)."""
-    from service.commands import CommandError
-    from service.commands import serve as run
+    from personalize.service.commands import CommandError
+    from personalize.service.commands import serve as run
 
     try:
         run(
@@ -292,8 +292,8 @@ def keys_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key and print it ONCE (stdout); only its salted hash is stored."""
-    from service.commands import CommandError
-    from service.commands import keys_create as run
+    from personalize.service.commands import CommandError
+    from personalize.service.commands import keys_create as run
 
     try:
         key_id, key = run(role, note, database_url)
@@ -311,8 +311,8 @@ def keys_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a key; every replica refuses it from the next request on."""
-    from service.commands import CommandError
-    from service.commands import keys_revoke as run
+    from personalize.service.commands import CommandError
+    from personalize.service.commands import keys_revoke as run
 
     try:
         run(key_id, database_url)
@@ -327,8 +327,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List keys (id, role, note, created, revoked); never the secrets."""
-    from service.commands import CommandError
-    from service.commands import keys_list as run
+    from personalize.service.commands import CommandError
+    from personalize.service.commands import keys_list as run
 
     try:
         rows = run(database_url)
@@ -379,8 +379,8 @@ def score(
     import logging
     import signal
 
-    from personalize import scoring
-    from personalize.cohort.pipeline import PipelineError, load_pipeline
+    from personalize.batch import scoring
+    from personalize.config import PipelineError, load_pipeline
 
     if engine not in ("local", "spark"):
         fail(f"--engine: choose local or spark, not {engine!r}")
@@ -400,7 +400,7 @@ def score(
     try:
         resolved = scoring.resolve_model(model, tracking_uri)
         if engine == "spark":
-            from personalize import spark_scoring
+            from personalize.batch import spark_scoring
 
             summary = spark_scoring.score_spark(
                 resolved,

@@ -63,7 +63,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pandas as pd
 
-from personalize.cohort.columns import columns
+from personalize.data.columns import columns
 
 try:  # numba is the fast path; without it callers use LightGBM (exact, slower)
     from numba import njit

@@ -17,20 +17,20 @@ import pandas as pd
 from scipy.special import ndtri
 
 from personalize import fast_trees
-from personalize.calibration import ArmCalibrator, BenefitCalibration
-from personalize.cohort.columns import Column, columns
-from personalize.cohort.columns import reading as columns_reading
-from personalize.cohort.pipeline import CategoricalFeature, NumericFeature, Pipeline
-from personalize.cohort.validate import (
+from personalize.config import CategoricalFeature, NumericFeature, Pipeline
+from personalize.data.columns import Column, columns
+from personalize.data.columns import reading as columns_reading
+from personalize.data.validate import (
     NO_PREFERENCE,
     feature_frame,
     features_of,
     typed_columns,
 )
-from personalize.decision import DecisionRule
 from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
-from personalize.prognosis import Prognosis, split_arms
+from personalize.stats.calibration import ArmCalibrator, BenefitCalibration
+from personalize.stats.decision import DecisionRule
+from personalize.stats.prognosis import Prognosis, split_arms
 
 ANSWER_COLUMNS = [
     "outcome_control",

@@ -15,17 +15,19 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from personalize.calibration import (
+from personalize.config import Pipeline
+from personalize.data.validate import Cohort, prepare
+from personalize.learners import LEARNERS, EffectLearner, make_learner
+from personalize.model import PersonalizeModel, TrainingRange
+from personalize.stats.calibration import (
     ArmCalibration,
     ArmCalibrator,
     BenefitCalibration,
     assess,
     choose_calibrator,
 )
-from personalize.cohort.pipeline import Pipeline
-from personalize.cohort.validate import Cohort, prepare
-from personalize.decision import DecisionRule
-from personalize.evidence import (
+from personalize.stats.decision import DecisionRule
+from personalize.stats.evidence import (
     BLPResult,
     GroupCalibration,
     PolicyValueResult,
@@ -37,10 +39,8 @@ from personalize.evidence import (
     r_loss,
     rate,
 )
-from personalize.learners import LEARNERS, EffectLearner, make_learner
-from personalize.missingness import IPCW, ipcw_weights
-from personalize.model import PersonalizeModel, TrainingRange
-from personalize.prognosis import Prognosis, split_arms
+from personalize.stats.missingness import IPCW, ipcw_weights
+from personalize.stats.prognosis import Prognosis, split_arms
 
 NUISANCE = "t"  # outcome model behind the doubly-robust scores
 Step = Callable[[str], None]

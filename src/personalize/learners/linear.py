@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from personalize.cohort.columns import columns
+from personalize.data.columns import columns
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
 from personalize.learners.boosting import sigmoid
 

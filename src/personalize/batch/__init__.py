@@ -1,0 +1,1 @@
+"""Scoring referral lists: streaming on one machine, or through PySpark."""

@@ -1,0 +1,699 @@
+"""The clinician page (issue 7) in a real browser: Debian's Chromium driven by Playwright for
+Python (no browser download), against a real `personalize serve` on loopback with a demo
+model trained in this test session.
+
+Screenshots go to test-artifacts/page/ (git-ignored). PERSONALIZE_UPDATE_SCREENSHOT=1
+also copies the result screenshot to docs/img/clinician.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from service_support import free_port, wait_ok
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "page"
+DOCS_SCREENSHOT = ROOT / "docs" / "img" / "clinician.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MODEL = "personalize-stamp"
+
+# A STAMP-shaped patient; the form is filled from this (the preference separately).
+PATIENT: dict[str, Any] = {
+    "age": 58,
+    "sex": "female",
+    "bpi_severity": 6.25,
+    "bpi_interference": 5.5,
+    "odi": 44,
+    "mme": 30,
+    "pain_duration_years": 12,
+    "phq8": 4,
+    "gad7": 7,
+    "pcs": 24,
+    "ffmq_nonjudging": 9,
+    "expectancy": 6,
+    "sf12_mcs": 42,
+    "sf12_pcs": 33,
+    "delivery": "remote",
+}
+PREFERENCE = ("treatment_preference", "CBT")
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    database_url: str
+    key: str  # a clinician key
+
+    def api(self, path: str, body: Any = None, key: str | None = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {key or self.key}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+
+def _train_demo_model(root: Path) -> str:
+    """The demo STAMP model (synthetic cohort, seed 7), small bootstrap, promoted."""
+    import mlflow
+
+    from personalize import registry
+    from personalize.config import load_pipeline
+    from personalize.data.simulate import simulate
+
+    spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
+    spec = spec.model_copy(
+        update={
+            "training": spec.training.model_copy(update={"bootstrap": 10}),
+            # the page is under test here, not the gates
+            "gates": spec.gates.model_copy(
+                update={"calibration_slope": (-100.0, 100.0), "max_ece": 1.0}
+            ),
+        }
+    )
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    try:
+        registered = registry.train(spec, simulate("stamp", 770, 7).cohort, uri)
+        registry.promote(registered.model_name, "candidate", uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    from personalize.service.audit import Database
+    from personalize.service.auth import create_key
+
+    root = Path(tempfile.mkdtemp(prefix="personalize-page-tests-"))
+    try:
+        tracking_uri = _train_demo_model(root)
+        database_url = f"sqlite:///{root / 'service.db'}"
+        db = Database(database_url)
+        db.create_schema()
+        _, key = create_key(db, "clinician", note="page tests")
+        db.dispose()
+
+        port = free_port()
+        env = {
+            **os.environ,
+            "PERSONALIZE_DATABASE_URL": database_url,
+            "PERSONALIZE_CACHE_DIR": str(root / "cache"),
+            "PERSONALIZE_POLL_SECONDS": "0",
+            "PERSONALIZE_PAGE_DIR": str(ROOT / "src" / "personalize" / "service" / "page"),
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        log = root / "server.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "personalize"),
+                    "serve",
+                    "--model",
+                    f"models:/{MODEL}@champion",
+                    "--tracking-uri",
+                    tracking_uri,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=root,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ok(url + "/readyz", process, lambda: log.read_text())
+            yield Service(url, database_url, key)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        if os.environ.get("PERSONALIZE_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (make browser)")
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Tab:
+    """A page in a fresh browser context (its own sessionStorage), with what went wrong."""
+
+    page: Any
+    errors: list[str]
+    external: list[str]
+
+
+def open_tab(browser: Any, service: Service, width: int = 1280, height: int = 1000) -> Tab:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    tab = Tab(page, [], [])
+    page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: (
+            tab.errors.append(msg.text)
+            if msg.type == "error" and "401" not in msg.text and "422" not in msg.text
+            else None
+        ),
+    )
+
+    def guard(route: Any) -> None:
+        # everything the page loads must come from the service itself
+        url = route.request.url
+        if urlsplit(url).netloc != urlsplit(service.url).netloc and not url.startswith(
+            ("data:", "blob:")
+        ):
+            tab.external.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route("**/*", guard)
+    page.set_default_timeout(15_000)
+    page.goto(service.url + "/")
+    return tab
+
+
+@pytest.fixture
+def tab(browser: Any, service: Service) -> Iterator[Tab]:
+    opened = open_tab(browser, service)
+    yield opened
+    try:
+        assert opened.errors == [], opened.errors
+        assert opened.external == [], f"requests outside the service: {opened.external}"
+    finally:
+        opened.page.context.close()
+
+
+def enter_key(page: Any, key: str) -> None:
+    page.get_by_label("API key", exact=True).fill(key)
+    page.get_by_role("button", name="Use this key").click()
+
+
+def fill_patient(page: Any, patient: dict[str, Any], preference: str | None = None) -> None:
+    for name, value in patient.items():
+        control = page.locator(f'#fields [name="{name}"]')
+        if control.evaluate("el => el.tagName") == "SELECT":
+            control.select_option(str(value))
+        else:
+            control.fill(str(value))
+    if preference is not None:
+        page.locator(f'input[type="radio"][value="{preference}"]').check()
+
+
+def result_ready(page: Any) -> None:
+    page.locator("#result:not([hidden]) #rec-headline").wait_for()
+
+
+def no_horizontal_scroll(page: Any) -> bool:
+    return bool(
+        page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        and page.evaluate("document.body.scrollWidth <= window.innerWidth")
+    )
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """The whole page, with the viewport as tall as the page so nothing sticky floats."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    size = page.viewport_size
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": height})
+    page.wait_for_timeout(150)  # charts redraw on resize
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+    return path
+
+
+# WCAG 2.x contrast of every visible text node (HTML and SVG) against its backdrop.
+CONTRAST_JS = """
+() => {
+  const parse = (c) => {
+    const m = c && c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => 0.2126 * lin(c.r) + 0.7152 * lin(c.g) + 0.0722 * lin(c.b);
+  const backdrop = (el) => {
+    const layers = [];
+    for (let n = el; n; n = n.parentElement) {
+      const c = parse(getComputedStyle(n).backgroundColor);
+      if (c && c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    let out = { r: 255, g: 255, b: 255 };
+    for (const c of layers.reverse()) {
+      out = { r: c.r * c.a + out.r * (1 - c.a), g: c.g * c.a + out.g * (1 - c.a),
+              b: c.b * c.a + out.b * (1 - c.a) };
+    }
+    return out;
+  };
+  const failures = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    const el = node.parentElement;
+    if (!node.textContent.trim() || !el || !el.checkVisibility({ opacityProperty: true })) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width < 2 || box.height < 2 || el.closest(".visually-hidden, .stale")) continue;
+    const style = getComputedStyle(el);
+    const svg = el instanceof SVGElement;
+    const fg = parse(svg ? style.fill : style.color);
+    if (!fg) continue;
+    const bg = backdrop(svg ? el.closest("div") : el);
+    const [a, b] = [lum(fg), lum(bg)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (parseInt(style.fontWeight, 10) >= 700 && size >= 18.66);
+    if (ratio < (large ? 3 : 4.5)) {
+      failures.push(`${node.textContent.trim().slice(0, 40)}: ${ratio.toFixed(2)}`);
+    }
+  }
+  return failures;
+}
+"""
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slow
+def test_without_a_key_the_page_asks_for_one(tab: Tab) -> None:
+    page = tab.page
+    prompt = page.get_by_role("heading", name="Enter your API key")
+    prompt.wait_for()
+    assert page.locator("#workspace").is_hidden()
+    # the synthetic-data banner needs no key (it comes from the open /readyz)
+    banner = page.locator("#synthetic-banner")
+    banner.wait_for()
+    assert "simulated cohort" in banner.inner_text() and "not for clinical use" in (
+        banner.inner_text()
+    )
+    # the key field has focus; submitting it empty says what is missing, at the field
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    page.get_by_role("button", name="Use this key").click()
+    key_input = page.get_by_label("API key", exact=True)
+    assert page.locator("#api-key-error").inner_text() == "Enter the API key."
+    assert key_input.get_attribute("aria-invalid") == "true"
+    assert "api-key-error" in (key_input.get_attribute("aria-describedby") or "")
+    assert page.evaluate("sessionStorage.getItem('personalize.apiKey')") is None
+    assert page.evaluate(CONTRAST_JS) == []
+
+
+@pytest.mark.slow
+def test_a_wrong_key_is_explained_and_another_can_be_entered(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, "pz_0123456789abcdef_not-a-real-secret")
+    problem = page.locator("#key-problem")
+    problem.wait_for()
+    text = problem.inner_text()
+    assert "did not accept this API key" in text and "revoked" in text
+    assert page.get_by_label("API key", exact=True).get_attribute("aria-invalid") == "true"
+    assert page.evaluate("sessionStorage.getItem('personalize.apiKey')") is None
+    assert page.locator("#workspace").is_hidden()
+
+    enter_key(page, service.key)
+    page.locator("#workspace").wait_for()
+    assert page.locator("#key-panel").is_hidden()
+    assert page.evaluate("sessionStorage.getItem('personalize.apiKey')") == service.key
+    # the key is kept for the browser session: a reload goes straight to the form
+    page.reload()
+    page.locator("#fields input").first.wait_for()
+    assert page.locator("#key-panel").is_hidden()
+
+
+@pytest.mark.slow
+def test_a_key_revoked_mid_session_is_explained_and_the_entries_are_kept(
+    tab: Tab, service: Service
+) -> None:
+    from personalize.service.audit import Database
+    from personalize.service.auth import create_key, revoke_key
+
+    db = Database(service.database_url)
+    try:
+        key_id, key = create_key(db, "clinician", note="revoked in a test")
+        page = tab.page
+        enter_key(page, key)
+        page.locator("#fields input").first.wait_for()
+        fill_patient(page, PATIENT, PREFERENCE[1])
+        revoke_key(db, key_id)
+        page.get_by_role("button", name="Estimate response").click()
+        problem = page.locator("#key-problem")
+        problem.wait_for()
+        assert "revoked" in problem.inner_text()
+        assert "entries are kept" in problem.inner_text()
+        enter_key(page, service.key)
+        page.locator("#workspace").wait_for()
+        assert page.locator('#fields [name="age"]').input_value() == "58"
+        page.get_by_role("button", name="Estimate response").click()
+        result_ready(page)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.slow
+def test_the_form_comes_from_the_models_schema(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    schema = service.api("/v1/schema")
+    fields = [f for f in schema["fields"] if not f["preference"]]
+    rendered = page.locator("#fields [name]").evaluate_all("els => els.map(e => e.name)")
+    assert rendered == [f["name"] for f in fields]
+    for f in fields:
+        control = page.get_by_label(f["label"], exact=False).first
+        assert control.get_attribute("name") == f["name"]
+        if f["type"] == "numeric":
+            assert control.get_attribute("type") == "number"
+            assert float(control.get_attribute("min")) == f["min"]
+            assert float(control.get_attribute("max")) == f["max"]
+            assert control.get_attribute("step") == "any"
+            hint = page.locator(f"#{control.get_attribute('aria-describedby')}").inner_text()
+            assert "Range" in hint and "training data" in hint
+        else:
+            values = control.locator("option").evaluate_all("os => os.map(o => o.value)")
+            assert values == ["", *f["levels"]]
+    # the preference is its own group, with the arms and "no preference"
+    group = page.get_by_role("group", name="Patient's stated preference")
+    assert group.is_visible()
+    radios = group.get_by_role("radio")
+    assert radios.evaluate_all("rs => rs.map(r => r.value)") == ["", "MBT", "CBT", "none"]
+    assert group.get_by_role("radio", name="No preference").get_attribute("value") == "none"
+    assert page.get_by_label("Age").get_attribute("aria-describedby") == "field-age-hint"
+
+
+@pytest.mark.slow
+def test_fill_submit_and_read_the_recommendation(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    fill_patient(page, PATIENT, PREFERENCE[1])
+    page.get_by_label("Patient reference").fill("MRN-PAGE-0001")
+    page.get_by_role("button", name="Estimate response").click()
+    result_ready(page)
+
+    expected = service.api("/v1/recommendations", {"patient": dict([*PATIENT.items(), PREFERENCE])})
+    headline = page.locator("#rec-headline").inner_text()
+    if expected["recommendation_role"] == "either":
+        assert headline == "No reliable difference: follow the patient's preference"
+    else:
+        assert headline == f"{expected['recommendation']} is favoured for this patient"
+    assert page.locator(".rationale").inner_text().lower() == expected["rationale"].lower()
+    assert "Stated preference: CBT" in page.locator(".recommendation").inner_text()
+
+    # per-arm chart: one bar per arm, the numbers the API gives
+    arms_chart = page.locator("#arms-chart svg")
+    assert arms_chart.get_attribute("role") == "img"
+    assert arms_chart.locator("rect[data-arm]").count() == 2
+    label = arms_chart.get_attribute("aria-label") or ""
+    for arm, values in expected["arms"].items():
+        assert f"{arm} {round(values['probability'] * 100)}%" in label
+    # the benefit and its interval
+    benefit = expected["benefit"]
+    figure = page.locator(".benefit-figure").inner_text()
+    assert f"{abs(benefit['estimate']) * 100:.1f} pp" in figure
+    assert f"{round(benefit['level'] * 100)}% interval" in figure
+    assert page.locator("#benefit-chart svg circle").count() == 1
+    # drivers: a signed bar per driver, with the patient's values
+    bars = page.locator("#drivers-chart rect[data-feature]")
+    assert bars.evaluate_all("rs => rs.map(r => r.dataset.feature)") == [
+        d["feature"] for d in expected["drivers"]
+    ]
+    drivers_label = page.locator("#drivers-chart svg").get_attribute("aria-label") or ""
+    for d in expected["drivers"]:
+        assert d["direction"] in drivers_label
+    # the model block, synthetic, and the live announcement
+    model = page.locator("section.model").inner_text()
+    assert f"{MODEL}, version" in model and "770 patients" in model and "Synthetic" in model
+    assert page.locator("#synthetic-banner").is_visible()
+    assert page.locator(".synthetic-inline").is_visible()
+    live = page.locator("#result-live")
+    assert live.get_attribute("aria-live") == "polite"
+    assert live.inner_text().startswith("Estimate ready.")
+    assert page.evaluate(CONTRAST_JS) == []
+
+    path = screenshot(page, "clinician-result.png")
+    if os.environ.get("PERSONALIZE_UPDATE_SCREENSHOT") or not DOCS_SCREENSHOT.exists():
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS_SCREENSHOT)
+
+    # changing a value marks the estimate as out of date
+    page.get_by_label("Age").fill("59")
+    assert page.locator("#stale-note").is_visible()
+
+
+@pytest.mark.slow
+def test_values_outside_the_training_data_are_flagged(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    fill_patient(page, {**PATIENT, "mme": 900})
+    page.get_by_label("Age").focus()  # blur the dose field: the client-side hint appears
+    note = page.locator("#field-mme-note")
+    assert "Outside the training data" in note.inner_text()
+    page.get_by_role("button", name="Estimate response").click()
+    result_ready(page)
+    warnings = page.locator(".warnings").inner_text()
+    assert "Opioid dose = 900 MME/day is outside the training data's range" in warnings
+    # no preference given: the page says so rather than guessing
+    assert "missing" in page.locator(".missing").inner_text()
+
+
+@pytest.mark.slow
+def test_an_invalid_value_shows_the_services_message_at_the_field(
+    tab: Tab, service: Service
+) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    fill_patient(page, PATIENT, PREFERENCE[1])
+    severity = page.get_by_label("BPI pain severity")
+    severity.fill("12")
+    severity.blur()
+    error = page.locator("#field-bpi_severity-error")
+    assert error.inner_text() == "Above the highest allowed value, 10."
+    assert error.get_attribute("data-source") == "client"
+
+    # the client only hints; the service judges, and its 422 lands at the field
+    with page.expect_response(lambda r: r.url.endswith("/v1/recommendations")) as answer:
+        page.get_by_role("button", name="Estimate response").click()
+    assert answer.value.status == 422
+    page.locator('#field-bpi_severity-error[data-source="server"]').wait_for()
+    assert error.inner_text() == "Input should be less than or equal to 10."
+    assert severity.get_attribute("aria-invalid") == "true"
+    assert "field-bpi_severity-error" in (severity.get_attribute("aria-describedby") or "")
+    assert page.evaluate("document.activeElement.id") == "field-bpi_severity"
+    summary = page.locator("#error-summary")
+    assert summary.get_attribute("role") == "alert"
+    assert "BPI pain severity (mean of 4 items): Input should be less than or equal to 10" in (
+        summary.inner_text()
+    )
+    assert page.locator("#result").is_hidden()
+    assert page.evaluate(CONTRAST_JS) == []
+    screenshot(page, "clinician-invalid.png")
+
+    # a value that is not a number never leaves the browser
+    age = page.get_by_label("Age")
+    age.fill("")
+    age.press_sequentially("1e")
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.get_by_role("button", name="Estimate response").click()
+    assert "Enter a number" in page.locator("#field-age-error").inner_text()
+    assert age.get_attribute("aria-invalid") == "true"
+    assert not [u for u in requests if u.endswith("/v1/recommendations")]
+
+    # fixed: the errors go, the estimate comes
+    age.fill("58")
+    severity.fill("6.25")
+    page.get_by_role("button", name="Estimate response").click()
+    result_ready(page)
+    assert page.locator("#error-summary").is_hidden()
+    assert severity.get_attribute("aria-invalid") is None
+    assert page.locator("#field-bpi_severity-error").is_hidden()
+
+
+@pytest.mark.slow
+def test_phone_width_has_no_horizontal_scroll(browser: Any, service: Service) -> None:
+    tab = open_tab(browser, service, width=375, height=812)
+    page = tab.page
+    try:
+        page.get_by_label("API key", exact=True).wait_for()
+        assert no_horizontal_scroll(page)
+        enter_key(page, service.key)
+        page.locator("#fields input").first.wait_for()
+        assert no_horizontal_scroll(page)
+        fill_patient(page, {**PATIENT, "mme": 900}, PREFERENCE[1])
+        page.get_by_role("button", name="Estimate response").click()
+        result_ready(page)
+        page.wait_for_timeout(400)  # the smooth scroll to the result
+        assert no_horizontal_scroll(page)
+        # the charts fit the column they are drawn in
+        widths = page.evaluate(
+            "[...document.querySelectorAll('.chart svg')].map(s => s.getBoundingClientRect().right)"
+        )
+        assert widths and max(widths) <= 375
+        assert page.locator("#result-panel").bounding_box()["width"] <= 375
+        screenshot(page, "clinician-phone.png")
+        page.get_by_role("button", name="Read the model card").click()
+        page.locator("#card-body h3").first.wait_for()
+        assert no_horizontal_scroll(page)
+        assert tab.errors == [] and tab.external == []
+    finally:
+        page.context.close()
+
+
+@pytest.mark.slow
+def test_keyboard_only_use(tab: Tab, service: Service) -> None:
+    page = tab.page
+    keyboard = page.keyboard
+    # the key prompt has focus; type the key and press Enter
+    page.get_by_label("API key", exact=True).wait_for()
+    keyboard.type(service.key)
+    keyboard.press("Enter")
+    page.locator("#fields input").first.wait_for()
+    # focus moves to the first field
+    assert page.evaluate("document.activeElement.name") == "age"
+
+    # the tab order follows the form: every field once, in the schema's order
+    schema = service.api("/v1/schema")
+    names = [f["name"] for f in schema["fields"] if not f["preference"]]
+    seen = [page.evaluate("document.activeElement.name")]
+    for _ in range(len(names) - 1):
+        keyboard.press("Tab")
+        seen.append(page.evaluate("document.activeElement.name"))
+    assert seen == names
+    # the focus is visible
+    outline = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement); "
+        "return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()"
+    )
+    assert outline[0] != "none" and outline[1] >= 2
+
+    # fill by keyboard only: numbers typed, choices by arrow keys
+    page.get_by_label("Age").focus()
+    for name in names:
+        value = PATIENT[name]
+        if isinstance(value, str):
+            keyboard.press("ArrowDown")  # the first choice
+        else:
+            keyboard.type(str(value))
+        keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.type") == "radio"  # the preference group
+    keyboard.press("ArrowRight")  # Not asked -> MBT
+    keyboard.press("ArrowRight")  # -> CBT
+    assert page.locator('input[type="radio"][value="CBT"]').is_checked()
+    # Enter in a field submits the form
+    page.get_by_label("Expected improvement from the programmes").focus()
+    keyboard.press("Enter")
+    result_ready(page)
+    assert page.locator("#result-live").inner_text().startswith("Estimate ready.")
+
+    # onwards to the model card with the keyboard; Escape closes it and focus returns
+    for _ in range(10):
+        keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "open-card":
+            break
+    assert page.evaluate("document.activeElement.id") == "open-card"
+    keyboard.press("Enter")
+    card = page.locator("#card-body")
+    card.get_by_role("heading", name=f"Model card: {MODEL}").wait_for()
+    assert "SYNTHETIC DATA" in card.locator("blockquote").first.inner_text()
+    assert card.locator("table").count() >= 3
+    assert (page.locator("#card-download").get_attribute("href") or "").startswith("blob:")
+    assert page.evaluate("document.activeElement.id") == "card-close"
+    keyboard.press("Escape")
+    assert page.locator("#card-dialog").is_hidden()
+    assert page.evaluate("document.activeElement.id") == "open-card"
+
+
+@pytest.mark.slow
+def test_pasted_values_fill_the_form(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    page.get_by_text("Paste values instead").click()
+    pasted = {**PATIENT, "treatment_preference": "CBT", "shoe_size": 9}
+    page.get_by_label("Values to paste").fill(json.dumps(pasted))
+    page.get_by_role("button", name="Fill the form").click()
+    result = page.locator("#paste-result").inner_text()
+    assert "Filled 16 fields." in result and "shoe_size" in result
+    assert page.get_by_label("Oswestry Disability Index").input_value() == "44"
+    assert page.locator('#fields [name="delivery"]').input_value() == "remote"
+    assert page.locator('input[type="radio"][value="CBT"]').is_checked()
+    # "label: value" lines work too
+    page.get_by_label("Values to paste").fill("Age: 61\nSex: Male\nDepression (PHQ-8): 12")
+    page.get_by_role("button", name="Fill the form").click()
+    assert "Filled 3 fields." in page.locator("#paste-result").inner_text()
+    assert page.get_by_label("Age").input_value() == "61"
+    assert page.locator('#fields [name="sex"]').input_value() == "male"
+
+
+def test_the_page_and_its_assets_are_local() -> None:
+    """No CDN: the page references only its own files (the network guard in `tab` checks
+    what the browser actually loads)."""
+    page_dir = ROOT / "src" / "personalize" / "service" / "page"
+    html = (page_dir / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    css = (page_dir / "style.css").read_text()
+    assert "url(" not in css and "@import" not in css
+    js = (page_dir / "app.js").read_text()
+    assert "https://" not in js
+    assert [u for u in ("http://",) if u in js.replace("http://www.w3.org/2000/svg", "")] == []

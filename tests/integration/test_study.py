@@ -1,0 +1,265 @@
+"""The recovery study (issue 4): its scoring is right, and a small study points the right way.
+
+The full study (20+ replications, N = 770, peers) is a benchmark: benchmarks/recovery.py.
+Here a fast version (2 replications, N = 400, small test set and bootstrap, the cheapest
+peer) asserts the *direction* of every result, so a regression in the pipeline fails CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from personalize.study import (
+    OURS,
+    Prediction,
+    StudyResult,
+    Truth,
+    acat,
+    diagnose_intervals,
+    peer_recommendations,
+    projected_target,
+    run_study,
+    score,
+    study_seeds,
+    summarize,
+    truth_of,
+)
+
+# --------------------------------------------------------------------------- fast units
+
+
+def toy_truth() -> Truth:
+    control = np.array([0.2, 0.3, 0.4, 0.5])
+    treatment = np.array([0.4, 0.2, 0.4, 0.7])
+    return Truth(control, treatment)
+
+
+def test_importing_the_study_is_light() -> None:
+    code = (
+        "import sys, personalize.study; "
+        "heavy = [m for m in ('pandas', 'lightgbm', 'mlflow', 'sklearn', 'econml', 'causalml', "
+        "'matplotlib') if m in sys.modules]; print(heavy); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_seeds_are_prefix_stable_and_disjoint() -> None:
+    test3, train3 = study_seeds(0, 3)
+    test5, train5 = study_seeds(0, 5)
+    assert test3 == test5
+    assert train5[:3] == train3
+    assert test3 not in train5
+    assert study_seeds(1, 3) != (test3, train3)
+
+
+def test_oracle_prediction_scores_perfectly() -> None:
+    truth = toy_truth()
+    tau = truth.benefit
+    pref = np.array(["none"] * 4, dtype=object)
+    rec = np.sign(tau).astype(int)
+    pred = Prediction(tau.copy(), tau - 0.01, tau + 0.01, rec, ate=float(tau.mean()))
+    m = score(pred, truth, pref, "T", "C")
+    assert m["pehe"] == pytest.approx(0.0)
+    assert m["coverage"] == 1.0
+    assert m["regret_plugin"] == pytest.approx(0.0, abs=1e-12)
+    # patient 3 has no true difference: `either`, resolved by the average arm (treatment)
+    assert m["share_either"] == pytest.approx(0.25)
+    assert m["accuracy"] == 1.0
+    assert m["regret"] == pytest.approx(0.0, abs=1e-12)
+    assert m["gain"] == pytest.approx(truth.oracle_value - truth.best_arm_value)
+
+
+def test_either_follows_the_stated_preference() -> None:
+    truth = toy_truth()
+    zero = np.zeros(4)
+    pred = Prediction(zero, zero - 1, zero + 1, np.zeros(4, dtype=int), ate=-0.1)
+    # prefers treatment, prefers control, none (-> control by the ate), prefers treatment
+    pref = np.array(["T", "C", "none", "T"], dtype=object)
+    m = score(pred, truth, pref, "T", "C")
+    value = np.mean([0.4, 0.3, 0.4, 0.7])
+    assert m["value"] == pytest.approx(value)
+    assert m["regret"] == pytest.approx(truth.oracle_value - value)
+    assert m["regret_avgarm"] == pytest.approx(truth.oracle_value - truth.control.mean())
+    assert np.isnan(m["accuracy"])
+    assert m["share_either"] == 1.0
+
+
+def test_constant_prediction_pehe_is_the_sd_of_the_truth() -> None:
+    truth = toy_truth()
+    tau = truth.benefit
+    const = np.full(4, tau.mean())
+    m = score(
+        Prediction(const, None, None, np.zeros(4, dtype=int), 0.0),
+        truth,
+        np.array(["none"] * 4, dtype=object),
+        "T",
+        "C",
+    )
+    assert m["pehe"] == pytest.approx(tau.std())
+    assert np.isnan(m["coverage"]) and np.isnan(m["corr"])
+
+
+def test_peer_rule_needs_interval_and_margin() -> None:
+    b = np.array([0.10, 0.03, 0.10, -0.10, -0.10])
+    lo = np.array([0.01, 0.01, -0.01, -0.20, -0.20])
+    hi = np.array([0.20, 0.05, 0.20, -0.01, 0.01])
+    assert peer_recommendations(b, lo, hi, 0.05).tolist() == [1, 0, 0, -1, 0]
+    assert peer_recommendations(b, None, None, 0.05).tolist() == [1, 0, 1, -1, -1]
+
+
+def test_projected_target_groups_identical_predictions() -> None:
+    tau = np.arange(10, dtype=float)
+    assert np.allclose(projected_target(np.zeros(10), tau), tau.mean())
+    target = projected_target(np.arange(10, dtype=float), tau, groups=2)
+    assert np.allclose(target, [2, 2, 2, 2, 2, 7, 7, 7, 7, 7])
+
+
+def test_acat_combines_p_values() -> None:
+    assert acat([0.5, 0.5]) == pytest.approx(0.5)
+    assert acat([1e-6, 0.9, 0.9]) < 0.01
+    assert 0.0 <= acat([0.2, 0.3]) <= 1.0
+
+
+def test_truth_on_the_continuous_scale_is_improvement() -> None:
+    from personalize.config import load_pipeline
+    from personalize.data.simulate import simulate
+
+    trial = simulate("stamp", 50, 3)
+    spec = load_pipeline("pipelines/stamp-continuous.yaml")
+    truth = truth_of(trial.truth, spec, "stamp")
+    expected = -(trial.truth["expected_change_MBT"] - trial.truth["expected_change_CBT"])
+    assert np.allclose(truth.benefit, expected.to_numpy())
+    with pytest.raises(ValueError, match="cannot be scored"):
+        other = spec.model_copy(
+            update={"outcome": spec.outcome.model_copy(update={"followup": "bpi_severity_m12"})}
+        )
+        truth_of(trial.truth, other, "stamp")
+
+
+# --------------------------------------------------------------------------- small study
+
+
+def small(scenario: str, peers: tuple[str, ...] = (), replications: int = 2) -> StudyResult:
+    """2 replications at N = 400, 1,500 test patients, a 10-member bootstrap."""
+    return run_study(
+        scenario,
+        peers=peers,
+        replications=replications,
+        n=400,
+        test_n=1500,
+        training={"bootstrap": 10},
+    )
+
+
+@pytest.fixture(scope="module")
+def stamp() -> StudyResult:
+    return small("stamp", peers=("econml_dr",))
+
+
+@pytest.fixture(scope="module")
+def null() -> StudyResult:
+    return small("stamp-null")
+
+
+def ours(result: StudyResult) -> pd.DataFrame:
+    return result.records[result.records["method"] == OURS]
+
+
+@pytest.mark.slow
+def test_stamp_recovers_the_direction_of_the_truth(stamp: StudyResult) -> None:
+    r = ours(stamp)
+    sd = r["sd_true"]
+    # the predicted benefit ranks patients in the truth's order ...
+    assert (r["corr"] > 0.2).all()
+    # ... and its spread does not add error over a constant at the model's own average
+    # effect (the PEHE such a constant would have is sqrt(sd^2 + bias^2))
+    assert (r["pehe"] / np.sqrt(sd**2 + r["bias"] ** 2)).median() <= 1.05
+    # recommendations beat treating everyone with the better arm, and are mostly right
+    assert (r["regret"] < r["regret_best_arm"]).all()
+    active = r["accuracy"].dropna()
+    assert active.empty or active.median() > 0.5
+    # intervals cover the model's projected benefit better than the individual benefit,
+    # and neither collapses
+    assert (r["coverage"] > 0.3).all()
+    assert r["group_coverage"].median() >= r["coverage"].median()
+    assert set(r["chosen"]) <= {"t", "s", "x", "dr", "effect_linear", "risk_linear"}
+
+
+@pytest.mark.slow
+def test_stamp_null_stays_quiet(null: StudyResult, stamp: StudyResult) -> None:
+    r = ours(null)
+    assert r["het_reject"].mean() <= 0.5
+    assert r["share_either"].median() >= 0.9
+    # nothing to personalize: the predicted benefit is nearly flat (its level is the
+    # average-effect estimate, off by sampling error at N = 400)
+    assert r["sd_pred"].median() < 0.35 * ours(stamp)["sd_true"].median()
+    assert r["sd_pred"].median() < ours(stamp)["sd_pred"].median()
+    # regret is zero when both arms are identical, whatever is recommended
+    assert np.allclose(r["regret"], 0.0)
+    assert ours(stamp)["share_either"].median() <= r["share_either"].median()
+
+
+@pytest.mark.slow
+def test_summary_and_peer(stamp: StudyResult) -> None:
+    summary = summarize(stamp.records, stamp.level)
+    assert list(summary["method"]) == [OURS, "econml_dr"]
+    row = summary.set_index("method").loc[OURS]
+    assert row["pehe_best_peer"] == "econml_dr"
+    assert row["pehe_ratio_to_best_peer"] > 0
+    assert 0.0 <= row["het_reject_rate"] <= 1.0
+    peer = stamp.records[stamp.records["method"] == "econml_dr"]
+    assert np.isfinite(peer[["pehe", "regret", "coverage"]].to_numpy()).all()
+    diagnosis = diagnose_intervals(stamp)
+    assert diagnosis["mse"] == pytest.approx(
+        diagnosis["bias_squared"] + diagnosis["sampling_variance"] * (1 - 1 / 2), rel=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(stamp: StudyResult) -> None:
+    again = small("stamp", replications=1)
+    first = ours(stamp).iloc[0]
+    redo = ours(again).iloc[0]
+    for col in ("pehe", "regret", "coverage", "heterogeneity_p", "share_either"):
+        assert redo[col] == first[col], col
+    assert redo["chosen"] == first["chosen"]
+
+
+@pytest.mark.slow
+def test_the_study_command_writes_its_outputs_and_an_mlflow_run(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from personalize.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "results"
+    args = ["study", "--scenario", "stamp-null", "--replications", "1", "--n", "400"]
+    args += ["--test-n", "300", "--no-peers", "--bootstrap", "10", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    for name in ("records.csv", "summary.csv", "diagnosis.json", ".md", ".png"):
+        assert any(p.name.endswith(name) for p in out.iterdir()), name
+    summary = pd.read_csv(next(out.glob("*-summary.csv")))
+    assert summary["method"].tolist() == [OURS]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("recovery-study")
+    assert exp is not None
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["scenario"] == "stamp-null"
+    assert "n400_ours_pehe" in run.data.metrics
+
+
+def test_study_command_rejects_an_unknown_scenario() -> None:
+    from typer.testing import CliRunner
+
+    from personalize.cli import app
+
+    result = CliRunner().invoke(app, ["study", "--scenario", "nope", "--no-peers"])
+    assert result.exit_code == 2

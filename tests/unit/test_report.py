@@ -1,0 +1,254 @@
+"""Figures and model card of a training run (personalize.report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from personalize import report, training
+from personalize.config import Pipeline, load_pipeline
+from personalize.data.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "report"
+
+
+def small(pipeline: Pipeline, **update: Any) -> Pipeline:
+    """A quick-to-train copy: few bootstrap refits, subgroups by sex and age band."""
+    changes: dict[str, Any] = {"training": pipeline.training.model_copy(update={"bootstrap": 10})}
+    if not pipeline.subgroups:
+        changes["subgroups"] = {"sex": None, "age": [50, 65]}
+    changes.update(update)
+    return pipeline.model_copy(update=changes)
+
+
+@pytest.fixture(scope="module")
+def stamp() -> Pipeline:
+    return load_pipeline(ROOT / "pipelines" / "stamp.yaml")
+
+
+@pytest.fixture(scope="module")
+def result(stamp: Pipeline) -> training.TrainResult:
+    return training.fit(small(stamp), simulate("stamp", 400, 3).cohort)
+
+
+@pytest.fixture(scope="module")
+def continuous(stamp: Pipeline) -> training.TrainResult:
+    outcome = stamp.outcome.model_copy(
+        update={
+            "kind": "continuous",
+            "baseline": "bpi_severity",
+            "followup": "bpi_severity_m6",
+            "responder": None,
+            "label": None,
+        }
+    )
+    pipeline = small(
+        stamp, outcome=outcome, decision=stamp.decision.model_copy(update={"margin": 0.5})
+    )
+    return training.fit(pipeline, simulate("stamp", 400, 3).cohort)
+
+
+def with_pipeline(result: training.TrainResult, **update: Any) -> training.TrainResult:
+    """The same run as if trained under a pipeline differing in `update` (no refit)."""
+    pipeline = result.model.pipeline.model_copy(update=update)
+    return dataclasses.replace(result, model=dataclasses.replace(result.model, pipeline=pipeline))
+
+
+def card_args() -> dict[str, Any]:
+    return {"model_name": "personalize-stamp", "version": "7", "run_id": "run-abc123"}
+
+
+def no_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(no_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return all(no_nan(v) for v in value)
+    return value is None or isinstance(value, bool | int | str)
+
+
+def synthetic_notes(fig: Any) -> list[str]:
+    return [t.get_text() for t in fig.texts if "SYNTHETIC DATA" in t.get_text()]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_every_figure_renders_to_a_png(result: training.TrainResult) -> None:
+    figs = report.figures(result)
+    assert list(figs) == list(report.FIGURE_NAMES)
+    # one set kept for a human to look at (git-ignored)
+    paths = report.save_figures(figs, ARTIFACTS / "binary")
+    assert [p.name for p in paths] == list(report.FIGURE_NAMES)
+    for path in paths:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert len(data) > 20_000, f"{path.name} is suspiciously small ({len(data)} bytes)"
+
+
+def test_figures_leave_pyplot_alone(result: training.TrainResult) -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    report.figures(result)
+    assert plt.get_fignums() == before
+
+
+def test_every_figure_says_synthetic(result: training.TrainResult) -> None:
+    for name, fig in report.figures(result).items():
+        assert synthetic_notes(fig), f"{name} lacks the SYNTHETIC DATA note"
+
+
+def test_real_data_figures_carry_no_synthetic_note(result: training.TrainResult) -> None:
+    for name, fig in report.figures(with_pipeline(result, synthetic=False)).items():
+        assert not synthetic_notes(fig), name
+
+
+def test_figures_label_axes_with_units_and_arms(result: training.TrainResult) -> None:
+    figs = report.figures(result)
+    for name, fig in figs.items():
+        for ax in fig.axes:
+            assert ax.get_xlabel(), name
+            # bar charts of features / learners label their categories on the y axis
+            assert ax.get_ylabel() or name in ("moderators.png", "candidates.png"), name
+    dist = figs["benefit_distribution.png"].axes[0]
+    assert "percentage points" in dist.get_xlabel()
+    assert "MBT" in dist.get_xlabel() and "CBT" in dist.get_xlabel()
+    moderators = figs["moderators.png"].axes[0]
+    labels = [t.get_text() for t in moderators.get_yticklabels()]
+    assert "Age (years)" in labels or "Sex" in labels  # pipeline labels, not column names
+    reliability = figs["reliability.png"].axes
+    assert [ax.get_title().split(" ")[0] for ax in reliability] == ["MBT", "CBT"]
+    assert all("Brier" in ax.get_title() for ax in reliability)
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def test_card_dict_is_json_without_nan(result: training.TrainResult) -> None:
+    card = report.model_card_dict(result, **card_args())
+    text = json.dumps(card, allow_nan=False)
+    assert no_nan(json.loads(text))
+    assert card["synthetic"] is True
+    assert card["model"]["name"] == "personalize-stamp"
+    assert card["model"]["version"] == "7"
+    assert card["model"]["run_id"] == "run-abc123"
+    assert card["learners"]["chosen"] == result.chosen
+    assert set(card["calibration"]["arms"]) == {"MBT", "CBT"}
+    assert card["population"]["n_patients"] == 400
+    assert {f["name"] for f in card["population"]["features"]} == set(
+        result.model.pipeline.features
+    )
+    assert len(card["subgroups"]["rows"]) == len(result.subgroups)
+
+
+def test_card_has_no_individual_rows(result: training.TrainResult) -> None:
+    text = json.dumps(report.model_card_dict(result, **card_args()))
+    for patient in result.cohort.ids[:20]:
+        assert f'"{patient}"' not in text
+
+
+def test_nan_becomes_none_and_n_a(result: training.TrainResult) -> None:
+    odd = dataclasses.replace(result, share_either=float("nan"))
+    card = report.model_card_dict(odd, **card_args())
+    assert card["decision_rule"]["share_either_training"] is None
+    json.dumps(card, allow_nan=False)
+    assert "given 'either': n/a" in report.render_model_card(card)
+
+
+def test_markdown_is_rendered_from_the_dict(result: training.TrainResult) -> None:
+    card = report.model_card_dict(result, **card_args())
+    markdown = report.model_card(result, **card_args())
+    assert report.render_model_card(json.loads(json.dumps(card))) == markdown
+
+
+def test_markdown_card_contents(result: training.TrainResult) -> None:
+    md = report.model_card(result, **card_args())
+    (ARTIFACTS / "binary").mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "binary" / "model_card.md").write_text(md)
+    lines = md.splitlines()
+    assert lines[0] == "# Model card: personalize-stamp"
+    first = next(line for line in lines[1:] if line.strip())
+    assert first == report.SYNTHETIC_BANNER
+    pipeline = result.model.pipeline
+    assert pipeline.outcome.describe() in md
+    for section in (
+        "## Intended use",
+        "## Population",
+        "## Outcome",
+        "## Data source",
+        "## Missing outcomes",
+        "## Learners compared",
+        "## Calibration",
+        "## Heterogeneity evidence",
+        "## Decision rule",
+        "## Explanations",
+        "## Subgroup performance",
+        "## Limitations",
+    ):
+        assert section in md
+    assert "not a substitute for clinical judgment" in md
+    for arm, cal in result.calibration.items():
+        assert cal.brier is not None
+        assert f"| {arm} | {cal.method} | {cal.n} | {cal.brier:.3f} |" in md
+    assert f"**Chosen: `{result.chosen}`**" in md
+    for name in result.candidates:
+        assert f"| `{name}` |" in md
+    assert "| Sex | female |" in md and "| Sex | male |" in md
+    assert "| Age | < 50 |" in md and "| Age | >= 65 |" in md
+    assert result.model.rule.evidence_reason in md
+    assert "Inverse probability of censoring weighting" in md
+    assert f"{result.ipcw.effective_sample_size:.0f}" in md
+    assert "run-abc123" in md and "| Version | 7 |" in md
+    assert "bootstrap" in md  # intervals: estimation variance only
+
+
+def test_unregistered_card(result: training.TrainResult) -> None:
+    md = report.model_card(result, model_name=None, version=None, run_id=None)
+    assert md.startswith(f"# Model card: {result.model.pipeline.registry.model_name}\n")
+    assert "| Version | not registered |" in md
+
+
+def test_real_data_card_has_no_banner(result: training.TrainResult) -> None:
+    real = with_pipeline(result, synthetic=False)
+    card = report.model_card_dict(real, **card_args())
+    assert card["synthetic"] is False
+    md = report.render_model_card(card)
+    assert report.SYNTHETIC_BANNER not in md
+    assert "SYNTHETIC" not in md
+    assert not any("synthetic" in item.lower() for item in card["limitations"])
+
+
+def test_complete_case_is_stated(result: training.TrainResult) -> None:
+    cc = dataclasses.replace(result, ipcw=dataclasses.replace(result.ipcw, method="complete_case"))
+    md = report.model_card(cc, **card_args())
+    assert "Complete-case analysis" in md
+    assert "missing completely at random" in md
+
+
+def test_no_subgroups_configured(result: training.TrainResult) -> None:
+    bare = dataclasses.replace(with_pipeline(result, subgroups={}), subgroups=[])
+    assert "No subgroups are configured" in report.model_card(bare, **card_args())
+
+
+def test_continuous_outcome_renders(continuous: training.TrainResult) -> None:
+    figs = report.figures(continuous)
+    paths = report.save_figures(figs, ARTIFACTS / "continuous")
+    assert all(p.stat().st_size > 20_000 for p in paths)
+    dist = figs["benefit_distribution.png"].axes[0]
+    assert "points" in dist.get_xlabel() and "percentage" not in dist.get_xlabel()
+    card = report.model_card_dict(continuous, **card_args())
+    json.dumps(card, allow_nan=False)
+    md = report.render_model_card(card)
+    assert "improvement from bpi_severity to bpi_severity_m6" in md
+    assert "| Arm | Method | n | RMSE |" in md
+    assert " pp" not in md  # points, not percentage points
+    assert card["decision_rule"]["margin_display"] == "0.50 points"
+    assert f"**Chosen: `{continuous.chosen}`**" in md

@@ -619,8 +619,9 @@ def main() -> None:
         )
     lines += [
         "",
-        "How: each worker process has one scoring thread (`src/personalize/service/batching.py`). Requests "
-        "hand it their validated patients; it scores everything queued at that moment in one "
+        "How: each worker process has one scoring thread "
+        "(`src/personalize/service/batching.py`). Requests hand it their validated patients; "
+        "it scores everything queued at that moment in one "
         "`predict` call (the cost of one patient is mostly fixed: a pass over the learner's "
         "and all bootstrap members' trees, the calibration maps) and writes the batch's audit "
         "rows in one transaction, while the event loop keeps parsing, authenticating and "

@@ -121,12 +121,11 @@ def train(
     """Train, evaluate out of fold, explain, and register a model version as `candidate`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from personalize import registry
+    from personalize import registry, training
     from personalize.data.validate import CohortError
 
     spec, frame = _load(pipeline, cohort)
-    cfg = spec.training
-    total = 4 + len(set(cfg.learners) | {"t"}) + 2 + cfg.bootstrap
+    total = training.progress_steps(spec)
     with Progress(
         TextColumn("{task.description:<24}"),
         BarColumn(),

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-LEARNER_NAMES = ["t", "s", "x", "dr", "effect_linear", "risk_linear"]
+from personalize.learners import learner_names
 
 
 class Strict(BaseModel):
@@ -154,7 +154,7 @@ class ValidationRules(Strict):
 class Training(Strict):
     folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
-    learners: list[str] = Field(default_factory=lambda: list(LEARNER_NAMES), min_length=1)
+    learners: list[str] = Field(default_factory=learner_names, min_length=1)
     interval_level: float = Field(default=0.9, gt=0, lt=1)
     bootstrap: int = Field(default=50, ge=10)
     ipcw_clip: float = Field(default=10.0, gt=1)
@@ -202,9 +202,10 @@ class Pipeline(Strict):
         unknown = [k for k in self.subgroups if k not in self.features]
         if unknown:
             raise ValueError(f"subgroups {unknown} are not declared features")
-        unknown = [k for k in self.training.learners if k not in LEARNER_NAMES]
+        known = learner_names()
+        unknown = [k for k in self.training.learners if k not in known]
         if unknown:
-            raise ValueError(f"training.learners: unknown {unknown}; choose from {LEARNER_NAMES}")
+            raise ValueError(f"training.learners: unknown {unknown}; choose from {known}")
         return self
 
     @property

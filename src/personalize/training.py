@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from personalize.config import Pipeline
 from personalize.data.validate import Cohort, prepare
-from personalize.learners import LEARNERS, EffectLearner, make_learner
+from personalize.learners import EffectLearner, make_learner, outcome_learner
 from personalize.model import PersonalizeModel, TrainingRange
 from personalize.stats.calibration import (
     ArmCalibration,
@@ -42,7 +42,6 @@ from personalize.stats.evidence import (
 from personalize.stats.missingness import IPCW, ipcw_weights
 from personalize.stats.prognosis import Prognosis, split_arms
 
-NUISANCE = "t"  # outcome model behind the doubly-robust scores
 Step = Callable[[str], None]
 
 
@@ -272,6 +271,12 @@ def assess_arms(
     return calibration, reliability
 
 
+def progress_steps(pipeline: Pipeline) -> int:
+    """How many times `fit` calls its `step` callback (for a progress bar)."""
+    cfg = pipeline.training
+    return 4 + 1 + len(cfg.learners) + 2 + cfg.bootstrap
+
+
 def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> TrainResult:
     """The whole training pipeline on one cohort frame (raises CohortError if invalid)."""
     step = step or (lambda _name: None)
@@ -285,11 +290,15 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
     folds = list(splitter.split(cohort.X, strata(cohort)))
 
+    outcome_model = outcome_learner(pipeline.outcome.kind, cfg.seed)
+    nuisance = cross_fit(outcome_model, cohort, w, folds)
+    step("cross-fit outcome model")
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in dict.fromkeys([NUISANCE, *cfg.learners]):
-        oof[name] = cross_fit(make_learner(name, pipeline.outcome.kind, cfg.seed), cohort, w, folds)
+    for name in cfg.learners:
+        learner = make_learner(name, pipeline.outcome.kind, cfg.seed)
+        same = type(learner) is type(outcome_model)  # the same fit: reuse it
+        oof[name] = nuisance if same else cross_fit(learner, cohort, w, folds)
         step(f"cross-fit {name}")
-    nuisance = oof[NUISANCE]
     scores = dr_scores(cohort.y, cohort.treated, e, *nuisance, w)
     m = e * nuisance[1] + (1 - e) * nuisance[0]
 
@@ -454,4 +463,4 @@ def _band(interval: Any) -> str:
     return f"{lo:g} to < {hi:g}"
 
 
-__all__ = ["LEARNERS", "TrainResult", "fit"]
+__all__ = ["TrainResult", "fit", "progress_steps"]

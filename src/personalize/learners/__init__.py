@@ -1,24 +1,64 @@
-"""Candidate effect learners, all behind `EffectLearner`. Adding one is adding one file
-and one line below."""
+"""Candidate effect learners, all behind `EffectLearner`.
+
+Every concrete subclass of `EffectLearner` with a `name`, defined in a module of this
+package, is a candidate: adding a learner is adding one file here. Its name, title,
+description and traits are class attributes, so nothing outside this package names one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import pkgutil
 
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, Kind
-from personalize.learners.dr_learner import DRLearner
-from personalize.learners.effect_linear import EffectLinearLearner
-from personalize.learners.risk_linear import RiskLinearLearner
-from personalize.learners.s_learner import SLearner
 from personalize.learners.t_learner import TLearner
-from personalize.learners.x_learner import XLearner
 
-LEARNERS: dict[str, type[EffectLearner]] = {
-    cls.name: cls
-    for cls in (TLearner, SLearner, XLearner, DRLearner, EffectLinearLearner, RiskLinearLearner)
-}
+
+@functools.cache
+def learners() -> dict[str, type[EffectLearner]]:
+    """Every learner of this package by name, simplest first (the one-SE rule's order)."""
+    found: dict[str, type[EffectLearner]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, EffectLearner) and cls.name and not inspect.isabstract(cls):
+                if found.get(cls.name, cls) is not cls:
+                    raise RuntimeError(f"two learners are named {cls.name!r}")
+                found[cls.name] = cls
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].complexity, kv[0])))
+
+
+def learner_names() -> list[str]:
+    return list(learners())
+
+
+def learner_class(name: str) -> type[EffectLearner]:
+    known = learners()
+    if name not in known:
+        raise ValueError(f"unknown learner {name!r}; choose from {sorted(known)}")
+    return known[name]
 
 
 def make_learner(name: str, kind: Kind, seed: int) -> EffectLearner:
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; choose from {sorted(LEARNERS)}")
-    return LEARNERS[name](kind=kind, seed=seed)
+    return learner_class(name)(kind=kind, seed=seed)
 
 
-__all__ = ["ARM_DRIVER", "LEARNERS", "ArmContributions", "EffectLearner", "make_learner"]
+def outcome_learner(kind: Kind, seed: int) -> EffectLearner:
+    """The per-arm outcome model behind the doubly-robust scores (nuisance, not a candidate
+    choice): flexible, and unbiased for each arm's mean."""
+    return TLearner(kind=kind, seed=seed)
+
+
+__all__ = [
+    "ARM_DRIVER",
+    "ArmContributions",
+    "EffectLearner",
+    "Kind",
+    "learner_class",
+    "learner_names",
+    "learners",
+    "make_learner",
+    "outcome_learner",
+]

@@ -76,7 +76,11 @@ def rescale(phi: np.ndarray, target: np.ndarray) -> np.ndarray:
 class EffectLearner(ABC):
     """Configuration in __init__, learning in fit, learned state in trailing underscores."""
 
-    name: str = ""
+    name: str = ""  # as written in a pipeline file's training.learners
+    title: str = ""  # short, for tables and plots
+    description: str = ""  # one line for the model card
+    linear: bool = False  # a linear model: the benefit's drivers are its coefficients
+    complexity: int = 100  # the one-SE rule prefers lower (simpler) among near-equals
 
     def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
         self.kind = kind

@@ -17,6 +17,9 @@ NUISANCE_FOLDS = 3
 
 class DRLearner(EffectRegressionLearner):
     name = "dr"
+    title = "DR-learner"
+    description = "DR-learner (Kennedy 2023): LightGBM on doubly-robust pseudo-outcomes"
+    complexity = 50
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"

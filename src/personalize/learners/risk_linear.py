@@ -8,4 +8,8 @@ from personalize.learners.linear import LinearLearner
 
 class RiskLinearLearner(LinearLearner):
     name = "risk_linear"
+    title = "PATH risk model (linear)"
+    description = "PATH risk model: baseline-risk regression with a constant relative effect"
+    linear = True
+    complexity = 20
     interactions = False

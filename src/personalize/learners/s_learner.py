@@ -19,6 +19,9 @@ def with_arm(X: pd.DataFrame, arm: np.ndarray | int) -> pd.DataFrame:
 
 class SLearner(EffectLearner):
     name = "s"
+    title = "S-learner"
+    description = "S-learner: one LightGBM outcome model with the arm as a feature"
+    complexity = 60
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         self.model_ = booster(self.kind == "binary", self.seed)

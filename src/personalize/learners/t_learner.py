@@ -13,6 +13,9 @@ from personalize.learners.boosting import booster, booster_arm, booster_value
 
 class TLearner(EffectLearner):
     name = "t"
+    title = "T-learner"
+    description = "T-learner: one LightGBM outcome model per arm"
+    complexity = 30
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"

@@ -14,6 +14,9 @@ from personalize.learners.pseudo_outcome import EffectRegressionLearner
 
 class XLearner(EffectRegressionLearner):
     name = "x"
+    title = "X-learner"
+    description = "X-learner (Künzel et al. 2019) over LightGBM"
+    complexity = 40
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         classify = self.kind == "binary"

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from personalize import __version__
 from personalize.config import CategoricalFeature, NumericFeature, Pipeline
-from personalize.learners import ARM_DRIVER
+from personalize.learners import ARM_DRIVER, learner_class
 from personalize.stats.calibration import reliability_bins
 from personalize.stats.decision import NO_DIFFERENCE
 
@@ -63,24 +63,6 @@ SYNTHETIC_BANNER = (
 )
 TOP_MODERATORS = 15
 
-LEARNER_DESCRIPTIONS = {
-    "t": "T-learner: one LightGBM outcome model per arm",
-    "s": "S-learner: one LightGBM outcome model with the arm as a feature",
-    "x": "X-learner (Künzel et al. 2019) over LightGBM",
-    "dr": "DR-learner (Kennedy 2023): LightGBM on doubly-robust pseudo-outcomes",
-    "effect_linear": "PATH effect model: penalized regression with treatment-by-covariate "
-    "interactions",
-    "risk_linear": "PATH risk model: baseline-risk regression with a constant relative effect",
-}
-LEARNER_SHORT = {
-    "t": "T-learner",
-    "s": "S-learner",
-    "x": "X-learner",
-    "dr": "DR-learner",
-    "effect_linear": "PATH effect model (linear)",
-    "risk_linear": "PATH risk model (linear)",
-}
-LINEAR_LEARNERS = {"effect_linear", "risk_linear"}
 ARM_DRIVER_LABEL = "Treatment arm itself (same for every patient)"
 
 TREATMENT_COLOR = "#1b7f6b"
@@ -609,7 +591,7 @@ def candidates_figure(result: TrainResult) -> Figure:
             color=color,
             fontweight="bold" if chosen else "normal",
         )
-    ax.set_yticks(ypos, [f"{LEARNER_SHORT.get(n, n)} ({n})" for n in names], fontsize=9)
+    ax.set_yticks(ypos, [f"{learner_class(n).title} ({n})" for n in names], fontsize=9)
     for tick, name in zip(ax.get_yticklabels(), names, strict=True):
         if name == result.chosen:
             tick.set_color(HIGHLIGHT_COLOR)
@@ -721,7 +703,7 @@ def _discrimination(
 
 
 def _learner_text(name: str) -> str:
-    return LEARNER_DESCRIPTIONS.get(name, name)
+    return learner_class(name).description
 
 
 def model_card_dict(
@@ -883,7 +865,7 @@ def model_card_dict(
         ),
     }
 
-    chosen_linear = result.chosen in LINEAR_LEARNERS
+    chosen_linear = learner_class(result.chosen).linear
     explanations = {
         "method": (
             "linear terms of the penalized regression"

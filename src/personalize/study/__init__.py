@@ -70,6 +70,8 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from personalize.learners import learner_class
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -362,10 +364,6 @@ def run_ours(
     return pred, result
 
 
-# Simplest first: the order in which the one-standard-error rule prefers candidates.
-SIMPLICITY = ("effect_linear", "risk_linear", "t", "x", "dr", "s")
-
-
 def one_se_choice(result: TrainResult) -> str:
     """Experiment (not product behaviour): the one-standard-error rule on the out-of-fold
     DR-loss. The simplest candidate whose loss exceeds the best one's by less than one
@@ -376,7 +374,7 @@ def one_se_choice(result: TrainResult) -> str:
 
     losses = {k: (result.scores - c.tau) ** 2 for k, c in result.candidates.items()}
     best = min(losses, key=lambda k: float(losses[k].mean()))
-    order = [k for k in SIMPLICITY if k in losses] + [k for k in losses if k not in SIMPLICITY]
+    order = sorted(losses, key=lambda k: learner_class(k).complexity)
     for name in order:
         diff = losses[name] - losses[best]
         if diff.mean() <= diff.std(ddof=1) / np.sqrt(len(diff)):

@@ -215,7 +215,12 @@ async def batch(
     response_model=ModelInfo,
     responses={
         **AUTH_ERRORS,
-        200: {"content": {"text/markdown": {"schema": {"type": "string"}}}},
+        200: {
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+            }
+        },
         503: {"model": Problem, "description": "no model loaded yet"},
     },
     summary="The model card of the model being served",
@@ -224,7 +229,8 @@ def model_card(
     principal: AnyKey,
     loaded: CurrentModel,
     format: Annotated[
-        Literal["json", "markdown"], Query(description="json (default) or markdown")
+        Literal["json", "markdown", "html"],
+        Query(description="json (default), markdown, or html (a fragment for a page)"),
     ] = "json",
 ) -> Any:
     card = loaded.card()
@@ -232,6 +238,10 @@ def model_card(
         from personalize.report import render_model_card
 
         return PlainTextResponse(render_model_card(card), media_type="text/markdown")
+    if format == "html":
+        from personalize.report import render_model_card_html
+
+        return HTMLResponse(render_model_card_html(card))
     return ModelInfo(
         name=loaded.name,
         version=loaded.version,

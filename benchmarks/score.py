@@ -322,12 +322,12 @@ def main() -> None:
         uri = f"sqlite:///{work / 'mlflow.db'}"
         for key in args.models.split(","):
             resolved = train(None if key == "default" else [key], uri)
-            print(f"trained {key}: learner {resolved.model.info['learner']}", flush=True)
+            print(f"trained {key}: learner {resolved.model.info.learner}", flush=True)
             large, small = work / "referrals-large.parquet", work / "referrals-small.parquet"
             if not large.exists():
                 referral_list(resolved.model, args.rows, large, seed=1000)
                 referral_list(resolved.model, args.small, small, seed=5000)
-            res: dict[str, Any] = {"learner": resolved.model.info["learner"]}
+            res: dict[str, Any] = {"learner": resolved.model.info.learner}
             res["large"] = end_to_end(resolved, uri, large, work, args.repeat)
             print(f"  {key} {args.rows} rows: {res['large']}", flush=True)
             if key == args.models.split(",")[0]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -82,6 +82,18 @@ class TrainingRange:
         return out
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a trained model says about itself: the chosen learner, the cohort it was
+    trained on (content hash, size, synthetic or real) and its model card's data."""
+
+    learner: str
+    cohort_sha256: str
+    n_patients: int
+    synthetic: bool
+    card: dict[str, Any] | None = None
+
+
 @dataclass
 class PersonalizeModel:
     pipeline: Pipeline
@@ -94,7 +106,7 @@ class PersonalizeModel:
     ensemble: list[EffectLearner]
     rule: DecisionRule
     training_range: TrainingRange
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ModelInfo
 
     @property
     def binary(self) -> bool:

@@ -8,6 +8,7 @@ registration is the last step, after every artifact has been written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -190,7 +191,7 @@ def train(
         if not report_.ok:
             raise CohortError(report_)  # the run context marks the run FAILED
         result = training.fit(pipeline, frame, step=step)
-        mlflow.set_tag("cohort_sha256", result.model.info["cohort_sha256"])
+        mlflow.set_tag("cohort_sha256", result.model.info.cohort_sha256)
         mlflow.set_tag("learner", result.chosen)
         mlflow.log_metrics(_finite(result.metrics()))
         mlflow.log_dict(result.ipcw.summary(), "ipcw.json")
@@ -211,9 +212,8 @@ def train(
         for name, fig in report.figures(result).items():
             mlflow.log_figure(fig, f"plots/{name}")
         name = pipeline.registry.model_name
-        result.model.info["card"] = report.model_card_dict(
-            result, model_name=name, version=None, run_id=run.info.run_id
-        )
+        card = report.model_card_dict(result, model_name=name, version=None, run_id=run.info.run_id)
+        result.model.info = dataclasses.replace(result.model.info, card=card)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_FILE
             joblib.dump(result.model, path)

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 from personalize.config import Pipeline
 from personalize.data.validate import Cohort, prepare
 from personalize.learners import EffectLearner, make_learner, outcome_learner
-from personalize.model import PersonalizeModel, TrainingRange
+from personalize.model import ModelInfo, PersonalizeModel, TrainingRange
 from personalize.stats.calibration import (
     ArmCalibration,
     ArmCalibrator,
@@ -374,12 +374,12 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         ensemble=ensemble,
         rule=rule,
         training_range=TrainingRange.of(cohort.X),
-        info={
-            "learner": chosen,
-            "cohort_sha256": cohort_hash(frame),
-            "n_patients": len(cohort),
-            "synthetic": pipeline.synthetic,
-        },
+        info=ModelInfo(
+            learner=chosen,
+            cohort_sha256=cohort_hash(frame),
+            n_patients=len(cohort),
+            synthetic=pipeline.synthetic,
+        ),
     )
     result = TrainResult(
         model=model,

@@ -100,7 +100,7 @@ def test_train_registers_a_candidate_with_everything_logged(uri: str, cohort) ->
     model = registry.load_model(f"models:/{spec.registry.model_name}@candidate", uri)
     direct = model.predict(patients, explain=2)
     pd.testing.assert_frame_equal(via_pyfunc.reset_index(drop=True), direct)
-    assert model.info["card"]["synthetic"] is True
+    assert model.info.card is not None and model.info.card["synthetic"] is True
 
     again = registry.train(spec, cohort, uri)
     assert again.version == "2"

@@ -902,7 +902,7 @@ def model_card_dict(
             "learner_description": _learner_text(result.chosen),
             "treatment": treatment,
             "control": control,
-            "cohort_sha256": model.info.get("cohort_sha256"),
+            "cohort_sha256": model.info.cohort_sha256,
             "package_version": __version__,
             "seed": pipeline.training.seed,
         },
@@ -936,7 +936,7 @@ def model_card_dict(
                 if pipeline.cohort.simulate is not None
                 else None
             ),
-            "cohort_sha256": model.info.get("cohort_sha256"),
+            "cohort_sha256": model.info.cohort_sha256,
             "statement": (
                 "SYNTHETIC: a simulated cohort shaped after published trial "
                 "summaries; no real patient contributed data."

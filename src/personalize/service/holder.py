@@ -105,21 +105,20 @@ class LoadedModel:
         # compile the trees now, beside the serving model, not on the first request
         fast_trees.warm_up(model.learner, model.ensemble)
         pipeline = model.pipeline
-        synthetic = bool(pipeline.synthetic or model.info.get("synthetic"))
-        n = model.info.get("n_patients")
+        synthetic = pipeline.synthetic or model.info.synthetic
         block = ModelBlock(
             name=name,
             version=version,
             run_id=run_id,
-            learner=model.info.get("learner"),
+            learner=model.info.learner,
             source=source,
             synthetic=synthetic,
             synthetic_notice=SYNTHETIC_NOTICE if synthetic else None,
             trained_on=TrainedOn(
                 pipeline=pipeline.name,
                 description=pipeline.description,
-                cohort_sha256=model.info.get("cohort_sha256"),
-                n_patients=int(n) if n is not None else None,
+                cohort_sha256=model.info.cohort_sha256,
+                n_patients=model.info.n_patients,
                 synthetic=synthetic,
             ),
         )
@@ -142,7 +141,7 @@ class LoadedModel:
     def card(self) -> dict[str, Any]:
         """The model card with the registry's version and run id filled in (the card is
         written into the artifact before the version number exists)."""
-        card = json.loads(json.dumps(self.model.info.get("card") or {}))
+        card = json.loads(json.dumps(self.model.info.card or {}))
         model = card.setdefault("model", {})
         model["name"] = self.name
         model["version"] = self.version

@@ -79,7 +79,7 @@ class TrainResult:
     candidates: dict[str, Candidate]
     chosen: str
     calibration: dict[str, ArmCalibration]  # per arm label, honest (cross-calibrated)
-    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # y, p, w per arm
+    reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # y, p, weight per arm
     blp: BLPResult
     heterogeneity_p: float  # BLP differential p, adjusted for the choice among learners
     autoc: RATEResult
@@ -154,7 +154,7 @@ def strata(cohort: Cohort) -> np.ndarray:
 def cross_fit(
     learner: EffectLearner,
     cohort: Cohort,
-    w: np.ndarray,
+    weight: np.ndarray,
     folds: list[tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold arm predictions for every patient; fits see observed rows only."""
@@ -164,14 +164,14 @@ def cross_fit(
     for k, (train, test) in enumerate(folds):
         fit_rows = train[obs[train]]
         model = learner.clone(seed=learner.seed + 101 * k).fit(
-            cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], w[fit_rows]
+            cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], weight[fit_rows]
         )
         mu0[test], mu1[test] = model.predict_arms(cohort.X.iloc[test])
     return mu0, mu1
 
 
 def bootstrap_ensemble(
-    learner: EffectLearner, cohort: Cohort, w: np.ndarray, size: int, seed: int, step: Step
+    learner: EffectLearner, cohort: Cohort, weight: np.ndarray, size: int, seed: int, step: Step
 ) -> list[EffectLearner]:
     """Refits on patient-level bootstrap resamples, stratified by arm."""
     rng = np.random.default_rng(seed)
@@ -183,7 +183,7 @@ def bootstrap_ensemble(
         rows = rows[obs[rows]]
         members.append(
             learner.clone(seed=seed + 7919 * (b + 1)).fit(
-                cohort.X.iloc[rows], cohort.treated[rows], cohort.y[rows], w[rows]
+                cohort.X.iloc[rows], cohort.treated[rows], cohort.y[rows], weight[rows]
             )
         )
         step("bootstrap")
@@ -193,7 +193,7 @@ def bootstrap_ensemble(
 def honest_calibration(
     p: np.ndarray,
     y: np.ndarray,
-    w: np.ndarray,
+    weight: np.ndarray,
     rows: np.ndarray,
     folds: list[tuple[np.ndarray, np.ndarray]],
     seed: int,
@@ -202,18 +202,18 @@ def honest_calibration(
     fold is calibrated by a map fitted on the other folds' rows, so no patient's own
     outcome shapes their calibrated prediction (an in-sample map would leak it into the
     benefit and fake heterogeneity)."""
-    cal, _, _ = choose_calibrator(p[rows], y[rows], w[rows], seed=seed)
+    cal, _, _ = choose_calibrator(p[rows], y[rows], weight[rows], seed=seed)
     honest = np.empty(len(p))
     for train, test in folds:
         r = train[rows[train]]
-        honest[test] = ArmCalibrator(cal.method).fit(p[r], y[r], w[r]).transform(p[test])
+        honest[test] = ArmCalibrator(cal.method).fit(p[r], y[r], weight[r]).transform(p[test])
     return cal, honest
 
 
 def calibrate_arms(
     pipeline: Pipeline,
     cohort: Cohort,
-    w: np.ndarray,
+    weight: np.ndarray,
     mu0: np.ndarray,
     mu1: np.ndarray,
     folds: list[tuple[np.ndarray, np.ndarray]],
@@ -224,7 +224,7 @@ def calibrate_arms(
     fitted, arms = [], []
     for a, mu in enumerate((mu0, mu1)):
         rows = cohort.observed & (cohort.treated == a)
-        cal, honest = honest_calibration(mu, cohort.y, w, rows, folds, pipeline.training.seed)
+        cal, honest = honest_calibration(mu, cohort.y, weight, rows, folds, pipeline.training.seed)
         fitted.append(cal)
         arms.append(honest)
     return ArmFit((fitted[0], fitted[1]), arms[0], arms[1])
@@ -238,7 +238,10 @@ class ArmFit:
 
 
 def fit_prognosis(
-    pipeline: Pipeline, cohort: Cohort, w: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
+    pipeline: Pipeline,
+    cohort: Cohort,
+    weight: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
 ) -> tuple[Prognosis, ArmCalibrator | None, np.ndarray]:
     """The pooled prognostic model, its calibrator, and its honest out-of-fold m(x)."""
     kind = pipeline.outcome.kind
@@ -247,17 +250,19 @@ def fit_prognosis(
     for train, test in folds:
         r = train[obs[train]]
         m[test] = (
-            Prognosis(kind).fit(cohort.X.iloc[r], cohort.y[r], w[r]).predict(cohort.X.iloc[test])
+            Prognosis(kind)
+            .fit(cohort.X.iloc[r], cohort.y[r], weight[r])
+            .predict(cohort.X.iloc[test])
         )
     cal = None
     if kind == "binary":
-        cal, m = honest_calibration(m, cohort.y, w, obs, folds, pipeline.training.seed)
-    final = Prognosis(kind).fit(cohort.X[obs], cohort.y[obs], w[obs])
+        cal, m = honest_calibration(m, cohort.y, weight, obs, folds, pipeline.training.seed)
+    final = Prognosis(kind).fit(cohort.X[obs], cohort.y[obs], weight[obs])
     return final, cal, m
 
 
 def assess_arms(
-    pipeline: Pipeline, cohort: Cohort, w: np.ndarray, p0: np.ndarray, p1: np.ndarray
+    pipeline: Pipeline, cohort: Cohort, weight: np.ndarray, p0: np.ndarray, p1: np.ndarray
 ) -> tuple[dict[str, ArmCalibration], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per-arm calibration metrics and reliability data of out-of-fold predictions."""
     binary = pipeline.outcome.kind == "binary"
@@ -266,8 +271,8 @@ def assess_arms(
     for a, (label, p) in enumerate(zip(labels, (p0, p1), strict=True)):
         rows = cohort.observed & (cohort.treated == a)
         method = "prognosis (platt) +/- benefit" if binary else "prognosis +/- benefit"
-        calibration[label] = assess(cohort.y[rows], p[rows], w[rows], binary, method)
-        reliability[label] = (cohort.y[rows], p[rows], w[rows])
+        calibration[label] = assess(cohort.y[rows], p[rows], weight[rows], binary, method)
+        reliability[label] = (cohort.y[rows], p[rows], weight[rows])
     return calibration, reliability
 
 
@@ -284,29 +289,29 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     cohort = prepare(frame, pipeline)
     obs = cohort.observed
     ipcw = ipcw_weights(cohort.X, cohort.treated, obs, pipeline.outcome.missing, cfg.ipcw_clip)
-    w = ipcw.weights
+    weight = ipcw.weights
     step("ipcw")
     e = float(cohort.treated.mean())  # randomized: the allocation ratio, known by design
     splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
     folds = list(splitter.split(cohort.X, strata(cohort)))
 
     outcome_model = outcome_learner(pipeline.outcome.kind, cfg.seed)
-    nuisance = cross_fit(outcome_model, cohort, w, folds)
+    nuisance = cross_fit(outcome_model, cohort, weight, folds)
     step("cross-fit outcome model")
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in cfg.learners:
         learner = make_learner(name, pipeline.outcome.kind, cfg.seed)
         same = type(learner) is type(outcome_model)  # the same fit: reuse it
-        oof[name] = nuisance if same else cross_fit(learner, cohort, w, folds)
+        oof[name] = nuisance if same else cross_fit(learner, cohort, weight, folds)
         step(f"cross-fit {name}")
-    scores = dr_scores(cohort.y, cohort.treated, e, *nuisance, w)
+    scores = dr_scores(cohort.y, cohort.treated, e, *nuisance, weight)
     m = e * nuisance[1] + (1 - e) * nuisance[0]
 
     candidates: dict[str, Candidate] = {}
     for name in cfg.learners:
-        arms = calibrate_arms(pipeline, cohort, w, *oof[name], folds)
+        arms = calibrate_arms(pipeline, cohort, weight, *oof[name], folds)
         tau_hat = arms.mu1 - arms.mu0
-        blp = blp_test(cohort.y, cohort.treated, e, *nuisance, tau_hat, w)
+        blp = blp_test(cohort.y, cohort.treated, e, *nuisance, tau_hat, weight)
         diff = blp.differential_forest_prediction
         bc = BenefitCalibration.from_blp(
             blp.ate, blp.ate_se, diff.estimate, diff.se, float(np.average(tau_hat, weights=None))
@@ -316,15 +321,15 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         # a constant, and recalibrating first stops flat (over-shrunk) learners from winning
         # merely by predicting the average effect for everyone.
         cand.dr_loss = float(np.mean((scores - cand.tau) ** 2))
-        cand.r_loss = r_loss(cohort.y, cohort.treated, e, m, cand.tau, w)
+        cand.r_loss = r_loss(cohort.y, cohort.treated, e, m, cand.tau, weight)
         cand.policy = policy_value(scores, cand.tau > 0, seed=cfg.seed)
         candidates[name] = cand
     chosen = min(candidates, key=lambda k: candidates[k].dr_loss)
     best = candidates[chosen]
-    prognosis, prognosis_cal, m_oof = fit_prognosis(pipeline, cohort, w, folds)
+    prognosis, prognosis_cal, m_oof = fit_prognosis(pipeline, cohort, weight, folds)
     binary = pipeline.outcome.kind == "binary"
     p0_oof, p1_oof = split_arms(m_oof, best.tau, e, binary)
-    calibration, reliability = assess_arms(pipeline, cohort, w, p0_oof, p1_oof)
+    calibration, reliability = assess_arms(pipeline, cohort, weight, p0_oof, p1_oof)
     step("calibration")
 
     blp = best.blp
@@ -360,9 +365,9 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)
-    learner.fit(cohort.X[obs], cohort.treated[obs], cohort.y[obs], w[obs])
+    learner.fit(cohort.X[obs], cohort.treated[obs], cohort.y[obs], weight[obs])
     step("refit")
-    ensemble = bootstrap_ensemble(learner, cohort, w, cfg.bootstrap, cfg.seed, step)
+    ensemble = bootstrap_ensemble(learner, cohort, weight, cfg.bootstrap, cfg.seed, step)
     model = PersonalizeModel(
         pipeline=pipeline,
         learner=learner,
@@ -399,7 +404,9 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         oof_benefit=best.tau,
     )
     result.importance = moderator_importance(model, cohort.X)
-    result.subgroups = subgroup_performance(pipeline, cohort, [p0_oof, p1_oof], w, scores, best.tau)
+    result.subgroups = subgroup_performance(
+        pipeline, cohort, [p0_oof, p1_oof], weight, scores, best.tau
+    )
     decisions = model.predict(frame, explain=0)["recommendation"]
     result.share_either = float((decisions == "either").mean())
     return result
@@ -417,7 +424,7 @@ def subgroup_performance(
     pipeline: Pipeline,
     cohort: Cohort,
     oof: list[np.ndarray],
-    w: np.ndarray,
+    weight: np.ndarray,
     scores: np.ndarray,
     benefit: np.ndarray,
 ) -> list[dict[str, Any]]:
@@ -445,9 +452,9 @@ def subgroup_performance(
             }
             for a, label in enumerate((pipeline.cohort.arm.control, pipeline.cohort.arm.treatment)):
                 r = g & obs & (cohort.treated == a)
-                if w[r].sum() > 0:
-                    row[f"predicted_{label}"] = float(np.average(oof[a][r], weights=w[r]))
-                    row[f"observed_{label}"] = float(np.average(cohort.y[r], weights=w[r]))
+                if weight[r].sum() > 0:
+                    row[f"predicted_{label}"] = float(np.average(oof[a][r], weights=weight[r]))
+                    row[f"observed_{label}"] = float(np.average(cohort.y[r], weights=weight[r]))
             rows.append(row)
     return rows
 

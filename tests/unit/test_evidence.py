@@ -27,7 +27,7 @@ E = 0.5  # 1:1 allocation
 @dataclass
 class Trial:
     x: np.ndarray
-    w: np.ndarray
+    treated: np.ndarray
     y: np.ndarray  # NaN where unobserved
     tau: np.ndarray  # true benefit
     mu0: np.ndarray  # true E[Y | x, control]
@@ -86,7 +86,7 @@ def crossfit_linear(t: Trial, weight: np.ndarray, k: int = 2) -> tuple[np.ndarra
     for f in range(k):
         test = folds == f
         for arm, out in ((0.0, mu0), (1.0, mu1)):
-            fit = (~test) & (t.w == arm) & (weight > 0)
+            fit = (~test) & (t.treated == arm) & (weight > 0)
             sw = np.sqrt(weight[fit])
             beta, *_ = np.linalg.lstsq(design[fit] * sw[:, None], t.y[fit] * sw, rcond=None)
             out[test] = design[test] @ beta
@@ -120,13 +120,13 @@ def test_nan_outcome_with_zero_weight_does_not_propagate() -> None:
     t = simulate(np.random.default_rng(1), 600, mar=True)
     assert np.isnan(t.y).any()
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
     assert np.isfinite(gamma).all()
-    res = blp_test(t.y, t.w, E, mu0, mu1, mu1 - mu0, t.ipcw)
+    res = blp_test(t.y, t.treated, E, mu0, mu1, mu1 - mu0, t.ipcw)
     assert np.isfinite(res.ate)
     assert np.isfinite(res.differential_forest_prediction.estimate)
     assert res.n == 600 and res.n_observed == int(t.observed.sum())
-    loss = r_loss(t.y, t.w, E, E * mu1 + (1 - E) * mu0, mu1 - mu0, t.ipcw)
+    loss = r_loss(t.y, t.treated, E, E * mu1 + (1 - E) * mu0, mu1 - mu0, t.ipcw)
     assert np.isfinite(loss)
 
 
@@ -142,21 +142,21 @@ def test_dr_mean_recovers_ate_with_ipcw_and_is_biased_without() -> None:
     t = simulate(np.random.default_rng(2), 40_000, ate=0.3, het=0.5, mar=True)
     true_ate = float(t.tau.mean())
     obs = t.observed
-    cc0 = float(np.nanmean(t.y[(t.w == 0) & obs]))
-    cc1 = float(np.nanmean(t.y[(t.w == 1) & obs]))
+    cc0 = float(np.nanmean(t.y[(t.treated == 0) & obs]))
+    cc1 = float(np.nanmean(t.y[(t.treated == 1) & obs]))
     mu0 = np.full(t.x.shape, cc0)
     mu1 = np.full(t.x.shape, cc1)
 
-    good = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw).mean()
+    good = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw).mean()
     # "Without IPCW": weights ignore the baseline, i.e. a complete-case analysis per arm.
-    p_arm = np.where(t.w == 1, obs[t.w == 1].mean(), obs[t.w == 0].mean())
+    p_arm = np.where(t.treated == 1, obs[t.treated == 1].mean(), obs[t.treated == 0].mean())
     naive_w = np.where(obs, 1.0 / p_arm, 0.0)
-    naive = dr_scores(t.y, t.w, E, mu0, mu1, naive_w).mean()
+    naive = dr_scores(t.y, t.treated, E, mu0, mu1, naive_w).mean()
 
     assert abs(good - true_ate) < 0.05  # sd of this estimate is ~0.015
     assert naive - true_ate > 0.2  # complete cases overstate the benefit (by ~0.35)
     # Double robustness: correct outcome models rescue the naive weights.
-    dr_naive_w = dr_scores(t.y, t.w, E, t.mu0, t.mu1, naive_w).mean()
+    dr_naive_w = dr_scores(t.y, t.treated, E, t.mu0, t.mu1, naive_w).mean()
     assert abs(dr_naive_w - true_ate) < 0.05
 
 
@@ -166,7 +166,7 @@ def test_dr_mean_recovers_ate_with_ipcw_and_is_biased_without() -> None:
 def test_blp_detects_real_heterogeneity_with_informative_tau() -> None:
     t = simulate(np.random.default_rng(3), 2000, het=0.4, mar=True)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    res = blp_test(t.y, t.w, E, mu0, mu1, mu1 - mu0, t.ipcw)
+    res = blp_test(t.y, t.treated, E, mu0, mu1, mu1 - mu0, t.ipcw)
     # power of this design is ~0.99 at the 1% level (checked over 100 seeds)
     assert res.differential_forest_prediction.p_value < 0.01
     assert res.heterogeneity_detected(0.05)
@@ -176,13 +176,13 @@ def test_blp_detects_real_heterogeneity_with_informative_tau() -> None:
 def test_blp_detects_heterogeneity_on_binary_outcome() -> None:
     t = simulate(np.random.default_rng(4), 2000, het=0.2, kind="binary")
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    res = blp_test(t.y, t.w, E, mu0, mu1, mu1 - mu0, t.ipcw)
+    res = blp_test(t.y, t.treated, E, mu0, mu1, mu1 - mu0, t.ipcw)
     assert res.heterogeneity_detected(0.05)
 
 
 def test_blp_coefficients_near_one_when_tau_is_correct() -> None:
     t = simulate(np.random.default_rng(5), 2000, ate=0.3, het=0.2, noise=0.5)
-    res = blp_test(t.y, t.w, E, t.mu0, t.mu1, t.tau, t.ipcw)
+    res = blp_test(t.y, t.treated, E, t.mu0, t.mu1, t.tau, t.ipcw)
     for coef in (res.mean_forest_prediction, res.differential_forest_prediction):
         assert coef.se < 0.2
         assert abs(coef.estimate - 1.0) < 3 * coef.se
@@ -197,7 +197,7 @@ def test_blp_null_rejection_rate_is_near_nominal() -> None:
     for _ in range(reps):
         t = simulate(rng, 300, het=0.0)
         mu0, mu1 = crossfit_linear(t, t.ipcw)
-        res = blp_test(t.y, t.w, E, mu0, mu1, mu1 - mu0, t.ipcw)
+        res = blp_test(t.y, t.treated, E, mu0, mu1, mu1 - mu0, t.ipcw)
         rejections += res.heterogeneity_detected(0.05)
         ate_rejections += res.ate_detected(0.05)
     assert rejections / reps <= 0.08
@@ -245,7 +245,7 @@ def test_blp_constant_tau_reports_nan_differential_and_no_detection() -> None:
     t = simulate(np.random.default_rng(8), 400, ate=0.3)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
     tau = np.full(400, 0.25)
-    res = blp_test(t.y, t.w, E, mu0, mu1, tau, t.ipcw)
+    res = blp_test(t.y, t.treated, E, mu0, mu1, tau, t.ipcw)
     assert np.isnan(res.differential_forest_prediction.p_value)
     assert not res.heterogeneity_detected(0.05)
     assert np.isfinite(res.mean_forest_prediction.estimate)
@@ -287,7 +287,7 @@ def test_rate_ties_are_averaged_and_order_invariant() -> None:
 def test_rate_ci_excludes_zero_with_real_heterogeneity() -> None:
     t = simulate(np.random.default_rng(10), 2000, het=0.4, mar=True)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
     for target in ("AUTOC", "QINI"):
         res = rate(mu1 - mu0, gamma, target=target, n_boot=200, seed=0)
         assert res.ci_low > 0.0 and res.excludes_zero()
@@ -300,7 +300,7 @@ def test_rate_ci_covers_zero_under_null() -> None:
     for _ in range(reps):
         t = simulate(rng, 400, het=0.0, ate=0.2)
         mu0, mu1 = crossfit_linear(t, t.ipcw)
-        gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
+        gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
         res = rate(mu1 - mu0, gamma, n_boot=100, seed=1)
         covered += res.ci_low <= 0.0 <= res.ci_high
     assert covered / reps >= 0.85
@@ -308,7 +308,7 @@ def test_rate_ci_covers_zero_under_null() -> None:
 
 def test_rate_toc_curve_shape_and_bands() -> None:
     t = simulate(np.random.default_rng(12), 800, het=0.3)
-    gamma = dr_scores(t.y, t.w, E, t.mu0, t.mu1, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, t.mu0, t.mu1, t.ipcw)
     res = rate(t.tau, gamma, n_boot=100)
     assert res.toc_q.shape == res.toc_estimate.shape == res.toc_se.shape == (100,)
     assert res.toc_q[0] == pytest.approx(0.01) and res.toc_q[-1] == 1.0
@@ -330,7 +330,7 @@ def test_rate_is_reproducible_for_a_seed() -> None:
 def test_group_calibration_monotone_with_real_heterogeneity() -> None:
     t = simulate(np.random.default_rng(14), 4000, het=0.5, noise=0.5, mar=True)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
     cal = benefit_calibration_by_group(mu1 - mu0, gamma, n_groups=5)
     assert cal.n_groups == 5 and sum(g.n for g in cal.groups) == 4000
     observed = [g.mean_observed for g in cal.groups]
@@ -373,7 +373,7 @@ def test_policy_value_with_true_benefit() -> None:
 def test_policy_value_out_of_fold_dr_prefers_informative_policy() -> None:
     t = simulate(np.random.default_rng(17), 2000, het=0.4, mar=True)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
     good = policy_value(gamma, (mu1 - mu0) > 0)
     bad = policy_value(gamma, (mu1 - mu0) < 0)
     truth = policy_value(t.tau, (mu1 - mu0) > 0)
@@ -397,8 +397,8 @@ def test_r_loss_hand_computed_and_prefers_true_tau() -> None:
 
     t = simulate(np.random.default_rng(18), 3000, het=0.5, mar=True)
     m_true = E * t.mu1 + (1 - E) * t.mu0
-    assert r_loss(t.y, t.w, E, m_true, t.tau, t.ipcw) < r_loss(
-        t.y, t.w, E, m_true, np.zeros(3000), t.ipcw
+    assert r_loss(t.y, t.treated, E, m_true, t.tau, t.ipcw) < r_loss(
+        t.y, t.treated, E, m_true, np.zeros(3000), t.ipcw
     )
 
 
@@ -407,11 +407,11 @@ def test_r_loss_hand_computed_and_prefers_true_tau() -> None:
 
 def _inputs(n: int = 10) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(19)
-    w = rng.binomial(1, 0.5, size=n).astype(float)
-    w[:2] = [0.0, 1.0]
+    treated = rng.binomial(1, 0.5, size=n).astype(float)
+    treated[:2] = [0.0, 1.0]
     return {
         "y": rng.normal(size=n),
-        "w": w,
+        "treated": treated,
         "mu0": np.zeros(n),
         "mu1": np.zeros(n),
         "tau": np.zeros(n),
@@ -419,12 +419,12 @@ def _inputs(n: int = 10) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("name", ["y", "w", "mu0", "mu1", "weight"])
+@pytest.mark.parametrize("name", ["y", "treated", "mu0", "mu1", "weight"])
 def test_dr_scores_length_mismatch_names_the_argument(name: str) -> None:
     a = _inputs()
     a[name] = a[name][:-1]
     with pytest.raises(ValueError, match=f"^{name}: length mismatch"):
-        dr_scores(a["y"], a["w"], E, a["mu0"], a["mu1"], a["weight"])
+        dr_scores(a["y"], a["treated"], E, a["mu0"], a["mu1"], a["weight"])
 
 
 @pytest.mark.parametrize("name", ["y", "tau", "weight"])
@@ -432,7 +432,7 @@ def test_blp_length_mismatch_names_the_argument(name: str) -> None:
     a = _inputs()
     a[name] = a[name][:-1]
     with pytest.raises(ValueError, match=f"^{name}: length mismatch"):
-        blp_test(a["y"], a["w"], E, a["mu0"], a["mu1"], a["tau"], a["weight"])
+        blp_test(a["y"], a["treated"], E, a["mu0"], a["mu1"], a["tau"], a["weight"])
 
 
 def test_other_functions_name_mismatched_arguments() -> None:
@@ -444,24 +444,24 @@ def test_other_functions_name_mismatched_arguments() -> None:
     with pytest.raises(ValueError, match="recommend"):
         policy_value(np.zeros(10), np.zeros(9))
     with pytest.raises(ValueError, match=r"^e: length mismatch"):
-        r_loss(a["y"], a["w"], np.full(9, E), a["mu0"], a["tau"], a["weight"])
+        r_loss(a["y"], a["treated"], np.full(9, E), a["mu0"], a["tau"], a["weight"])
     with pytest.raises(ValueError, match=r"^m: length mismatch"):
-        r_loss(a["y"], a["w"], E, a["mu0"][:-1], a["tau"], a["weight"])
+        r_loss(a["y"], a["treated"], E, a["mu0"][:-1], a["tau"], a["weight"])
 
 
 def test_invalid_values_are_rejected_with_the_argument_named() -> None:
     a = _inputs()
-    args = (a["y"], a["w"], E, a["mu0"], a["mu1"], a["weight"])
-    with pytest.raises(ValueError, match=r"^w:"):
-        dr_scores(a["y"], a["w"] * 2, E, a["mu0"], a["mu1"], a["weight"])
+    args = (a["y"], a["treated"], E, a["mu0"], a["mu1"], a["weight"])
+    with pytest.raises(ValueError, match=r"^treated:"):
+        dr_scores(a["y"], a["treated"] * 2, E, a["mu0"], a["mu1"], a["weight"])
     with pytest.raises(ValueError, match=r"^e:"):
-        dr_scores(a["y"], a["w"], 1.0, a["mu0"], a["mu1"], a["weight"])
+        dr_scores(a["y"], a["treated"], 1.0, a["mu0"], a["mu1"], a["weight"])
     with pytest.raises(ValueError, match=r"^weight:"):
-        dr_scores(a["y"], a["w"], E, a["mu0"], a["mu1"], -a["weight"])
+        dr_scores(a["y"], a["treated"], E, a["mu0"], a["mu1"], -a["weight"])
     with pytest.raises(ValueError, match=r"^mu1:"):
-        dr_scores(a["y"], a["w"], E, a["mu0"], np.full(10, np.nan), a["weight"])
+        dr_scores(a["y"], a["treated"], E, a["mu0"], np.full(10, np.nan), a["weight"])
     with pytest.raises(ValueError, match=r"^mu0:"):
-        dr_scores(a["y"], a["w"], E, np.zeros((10, 1)), a["mu1"], a["weight"])
+        dr_scores(a["y"], a["treated"], E, np.zeros((10, 1)), a["mu1"], a["weight"])
     with pytest.raises(ValueError, match=r"^target:"):
         rate(np.zeros(10), np.zeros(10), target="AUC")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^n_boot:"):
@@ -480,8 +480,8 @@ def test_invalid_values_are_rejected_with_the_argument_named() -> None:
 def test_results_serialize_for_logging() -> None:
     t = simulate(np.random.default_rng(20), 300, het=0.3)
     mu0, mu1 = crossfit_linear(t, t.ipcw)
-    gamma = dr_scores(t.y, t.w, E, mu0, mu1, t.ipcw)
-    blp = blp_test(t.y, t.w, E, mu0, mu1, mu1 - mu0, t.ipcw)
+    gamma = dr_scores(t.y, t.treated, E, mu0, mu1, t.ipcw)
+    blp = blp_test(t.y, t.treated, E, mu0, mu1, mu1 - mu0, t.ipcw)
     results: list[Any] = [
         blp,
         rate(mu1 - mu0, gamma, n_boot=20),

@@ -32,15 +32,15 @@ class ArmCalibrator:
     def __init__(self, method: Method = "platt") -> None:
         self.method = method
 
-    def fit(self, p: np.ndarray, y: np.ndarray, w: np.ndarray) -> Self:
+    def fit(self, p: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         if self.method == "platt":
             self.model_ = LogisticRegression(C=1e6, max_iter=1000)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.model_.fit(logit(p)[:, None], y.astype(int), sample_weight=w)
+                self.model_.fit(logit(p)[:, None], y.astype(int), sample_weight=weight)
         elif self.method == "isotonic":
             self.model_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-            self.model_.fit(p, y, sample_weight=w)
+            self.model_.fit(p, y, sample_weight=weight)
         return self
 
     def transform(self, p: np.ndarray) -> np.ndarray:
@@ -56,13 +56,13 @@ class ArmCalibrator:
 
 
 def cross_calibrated(
-    p: np.ndarray, y: np.ndarray, w: np.ndarray, method: Method, folds: int = 5, seed: int = 0
+    p: np.ndarray, y: np.ndarray, weight: np.ndarray, method: Method, folds: int = 5, seed: int = 0
 ) -> np.ndarray:
     """Calibrated predictions where each row's calibrator never saw that row."""
     out = np.empty_like(p)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(p, y.astype(int)):
-        out[test] = ArmCalibrator(method).fit(p[train], y[train], w[train]).transform(p[test])
+        out[test] = ArmCalibrator(method).fit(p[train], y[train], weight[train]).transform(p[test])
     return out
 
 
@@ -73,7 +73,7 @@ MIN_ISOTONIC = 1000
 
 
 def choose_calibrator(
-    p: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int = 0
+    p: np.ndarray, y: np.ndarray, weight: np.ndarray, seed: int = 0
 ) -> tuple[ArmCalibrator, np.ndarray, dict[str, float]]:
     """Pick the method with the lower cross-validated Brier score; return it fitted on all
     rows, the honest (cross-calibrated) predictions, and each method's CV Brier."""
@@ -81,30 +81,30 @@ def choose_calibrator(
     preds: dict[str, np.ndarray] = {}
     methods: tuple[Method, ...] = ("platt", "isotonic") if len(p) >= MIN_ISOTONIC else ("platt",)
     for method in methods:
-        preds[method] = cross_calibrated(p, y, w, method, seed=seed)
-        scores[method] = brier(y, preds[method], w)
+        preds[method] = cross_calibrated(p, y, weight, method, seed=seed)
+        scores[method] = brier(y, preds[method], weight)
     best: Method = min(methods, key=lambda m: scores[m])
-    return ArmCalibrator(best).fit(p, y, w), preds[best], scores
+    return ArmCalibrator(best).fit(p, y, weight), preds[best], scores
 
 
-def brier(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
-    return float(np.average((p - y) ** 2, weights=w))
+def brier(y: np.ndarray, p: np.ndarray, weight: np.ndarray) -> float:
+    return float(np.average((p - y) ** 2, weights=weight))
 
 
-def ece(y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10) -> float:
+def ece(y: np.ndarray, p: np.ndarray, weight: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width probability bins (weighted)."""
     idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = w.sum()
+    total = weight.sum()
     err = 0.0
     for b in range(bins):
         m = idx == b
-        if w[m].sum() > 0:
-            err += w[m].sum() / total * abs(np.average(y[m] - p[m], weights=w[m]))
+        if weight[m].sum() > 0:
+            err += weight[m].sum() / total * abs(np.average(y[m] - p[m], weights=weight[m]))
     return float(err)
 
 
 def reliability_bins(
-    y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10
+    y: np.ndarray, p: np.ndarray, weight: np.ndarray, bins: int = 10
 ) -> list[dict[str, float]]:
     """Quantile bins of predicted probability: mean predicted vs observed (weighted)."""
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
@@ -112,11 +112,11 @@ def reliability_bins(
     rows = []
     for b in range(len(edges) - 1):
         m = idx == b
-        if w[m].sum() > 0:
+        if weight[m].sum() > 0:
             rows.append(
                 {
-                    "predicted": float(np.average(p[m], weights=w[m])),
-                    "observed": float(np.average(y[m], weights=w[m])),
+                    "predicted": float(np.average(p[m], weights=weight[m])),
+                    "observed": float(np.average(y[m], weights=weight[m])),
                     "n": int(m.sum()),
                 }
             )
@@ -138,7 +138,7 @@ class ArmCalibration:
 
 
 def assess(
-    y: np.ndarray, p: np.ndarray, w: np.ndarray, binary: bool, method: str
+    y: np.ndarray, p: np.ndarray, weight: np.ndarray, binary: bool, method: str
 ) -> ArmCalibration:
     """Calibration intercept and slope: logistic recalibration of y on logit(p) for binary
     outcomes (ideal 0 and 1), linear regression of y on the prediction for continuous."""
@@ -146,12 +146,14 @@ def assess(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = LogisticRegression(C=1e6, max_iter=1000).fit(
-                logit(p)[:, None], y.astype(int), sample_weight=w
+                logit(p)[:, None], y.astype(int), sample_weight=weight
             )
         slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-        return ArmCalibration(method, brier(y, p, w), ece(y, p, w), None, intercept, slope, len(y))
-    lin = LinearRegression().fit(p[:, None], y, sample_weight=w)
-    rmse = float(np.sqrt(np.average((y - p) ** 2, weights=w)))
+        return ArmCalibration(
+            method, brier(y, p, weight), ece(y, p, weight), None, intercept, slope, len(y)
+        )
+    lin = LinearRegression().fit(p[:, None], y, sample_weight=weight)
+    rmse = float(np.sqrt(np.average((y - p) ** 2, weights=weight)))
     return ArmCalibration(
         method, None, None, rmse, float(lin.intercept_), float(lin.coef_[0]), len(y)
     )

@@ -16,7 +16,7 @@ signal, and scores candidate models and policies without looking at in-sample fi
   the recovery study;
 - :func:`r_loss`: the weighted R-loss of Nie & Wager, an alternative selection criterion.
 
-Conventions shared by every function: arrays are 1-D and aligned by patient; ``w`` is 1
+Conventions shared by every function: arrays are 1-D and aligned by patient; ``treated`` is 1
 for the treatment arm and 0 for control; ``e`` is the known allocation probability of the
 treatment arm (scalar or per patient); ``weight`` holds the IPCW weights, 0 for a patient
 whose outcome is unobserved and ``observed / P(observed | baseline, arm)`` otherwise, and
@@ -102,10 +102,10 @@ def _check_lengths(**arrays: ArrayLike) -> None:
     )
 
 
-def _arm(w: ArrayLike, n: int | None = None) -> FloatArray:
-    arr = _vector("w", w, n)
+def _arm(treated: ArrayLike, n: int | None = None) -> FloatArray:
+    arr = _vector("treated", treated, n)
     if not np.isin(arr, (0.0, 1.0)).all():
-        raise ValueError("w: treatment indicator must be 0 (control) or 1 (treatment)")
+        raise ValueError("treated: treatment indicator must be 0 (control) or 1 (treatment)")
     return arr
 
 
@@ -192,7 +192,7 @@ def _clean(value: Any) -> Any:
 
 def dr_scores(
     y: ArrayLike,
-    w: ArrayLike,
+    treated: ArrayLike,
     e: ArrayLike,
     mu0: ArrayLike,
     mu1: ArrayLike,
@@ -217,20 +217,20 @@ def dr_scores(
     ``mu0``, ``mu1`` must be out-of-fold predictions; in-sample fits bias everything
     downstream.
     """
-    _check_lengths(y=y, w=w, e=e, mu0=mu0, mu1=mu1, weight=weight)
-    w_ = _arm(w)
-    n = w_.shape[0]
+    _check_lengths(y=y, treated=treated, e=e, mu0=mu0, mu1=mu1, weight=weight)
+    treated_ = _arm(treated)
+    n = treated_.shape[0]
     weight_ = _weights(weight, n)
     y_ = _outcome(y, weight_)
     e_ = _propensity(e, n)
     mu0_ = _vector("mu0", mu0, n)
     mu1_ = _vector("mu1", mu1, n)
-    return _dr(y_, w_, e_, mu0_, mu1_, weight_)
+    return _dr(y_, treated_, e_, mu0_, mu1_, weight_)
 
 
 def _dr(
     y: FloatArray,
-    w: FloatArray,
+    treated: FloatArray,
     e: FloatArray,
     mu0: FloatArray,
     mu1: FloatArray,
@@ -239,7 +239,7 @@ def _dr(
     observed = weight > 0.0
     res1 = np.where(observed, y - mu1, 0.0)
     res0 = np.where(observed, y - mu0, 0.0)
-    correction = w * res1 / e - (1.0 - w) * res0 / (1.0 - e)
+    correction = treated * res1 / e - (1.0 - treated) * res0 / (1.0 - e)
     return np.asarray(mu1 - mu0 + weight * correction, dtype=np.float64)
 
 
@@ -328,7 +328,7 @@ _NAN_COEF = Coefficient(float("nan"), float("nan"), float("nan"), float("nan"))
 
 def blp_test(
     y: ArrayLike,
-    w: ArrayLike,
+    treated: ArrayLike,
     e: ArrayLike,
     mu0: ArrayLike,
     mu1: ArrayLike,
@@ -340,8 +340,8 @@ def blp_test(
     """grf's ``test_calibration`` (Chernozhukov et al.'s best linear predictor) with IPCW.
 
     On observed patients, regress ``y - m(x)`` with ``m(x) = e mu1 + (1 - e) mu0`` on
-    ``(w - e) * tau_bar`` and ``(w - e) * (tau - tau_bar)`` without intercept, by weighted
-    least squares with the IPCW weights. ``tau_bar`` is the weight-averaged predicted
+    ``(treated - e) * tau_bar`` and ``(treated - e) * (tau - tau_bar)`` without intercept, by
+    weighted least squares with the IPCW weights. ``tau_bar`` is the weight-averaged predicted
     benefit over the regression sample, as grf does with its observation weights.
     Standard errors are HC3 sandwich errors computed as grf does
     (``sandwich::vcovCL(type = "HC3")`` with one cluster per patient, including the
@@ -359,9 +359,9 @@ def blp_test(
     error ``sd / sqrt(n)``, a normal ``level`` interval and a two-sided p-value. This is
     what the decision rule's "or the average effect alone is reliably non-zero" reads.
     """
-    _check_lengths(y=y, w=w, e=e, mu0=mu0, mu1=mu1, tau=tau, weight=weight)
-    w_ = _arm(w)
-    n = w_.shape[0]
+    _check_lengths(y=y, treated=treated, e=e, mu0=mu0, mu1=mu1, tau=tau, weight=weight)
+    treated_ = _arm(treated)
+    n = treated_.shape[0]
     weight_ = _weights(weight, n)
     y_ = _outcome(y, weight_)
     e_ = _propensity(e, n)
@@ -377,14 +377,14 @@ def blp_test(
     sw = weight_[obs]
     tau_o = tau_[obs]
     tau_bar = float(np.sum(sw * tau_o) / np.sum(sw))
-    resid_w = (w_ - e_)[obs]
+    resid_w = (treated_ - e_)[obs]
     m = e_[obs] * mu1_[obs] + (1.0 - e_[obs]) * mu0_[obs]
     target = y_[obs] - m
     design = np.column_stack([resid_w * tau_bar, resid_w * (tau_o - tau_bar)])
     coefs, df_resid = _wls_hc3(design, target, sw)
 
     # Average effect from the doubly-robust scores.
-    gamma = _dr(y_, w_, e_, mu0_, mu1_, weight_)
+    gamma = _dr(y_, treated_, e_, mu0_, mu1_, weight_)
     ate = float(gamma.mean())
     ate_se = float(gamma.std(ddof=1) / np.sqrt(n))
     z = _z(level)
@@ -885,7 +885,7 @@ def policy_value(
 
 def r_loss(
     y: ArrayLike,
-    w: ArrayLike,
+    treated: ArrayLike,
     e: ArrayLike,
     m: ArrayLike,
     tau: ArrayLike,
@@ -893,20 +893,20 @@ def r_loss(
 ) -> float:
     """Weighted R-loss (Nie & Wager): lower is better for predicted benefit ``tau``.
 
-    ``sum(weight * ((y - m) - (w - e) * tau)^2) / sum(weight)`` over observed patients,
+    ``sum(weight * ((y - m) - (treated - e) * tau)^2) / sum(weight)`` over observed patients,
     with ``m`` the out-of-fold marginal outcome prediction (``e mu1 + (1 - e) mu0`` or a
     separate outcome model). The IPCW-weighted (Hájek) mean estimates the loss on the full
     cohort; normalizing by ``sum(weight)`` instead of ``n`` only rescales it, so the
     ranking of candidate learners on the same data is the same either way.
     """
-    _check_lengths(y=y, w=w, e=e, m=m, tau=tau, weight=weight)
-    w_ = _arm(w)
-    n = w_.shape[0]
+    _check_lengths(y=y, treated=treated, e=e, m=m, tau=tau, weight=weight)
+    treated_ = _arm(treated)
+    n = treated_.shape[0]
     weight_ = _weights(weight, n)
     y_ = _outcome(y, weight_)
     e_ = _propensity(e, n)
     m_ = _vector("m", m, n)
     tau_ = _vector("tau", tau, n)
     obs = weight_ > 0.0
-    resid = (y_[obs] - m_[obs]) - (w_[obs] - e_[obs]) * tau_[obs]
+    resid = (y_[obs] - m_[obs]) - (treated_[obs] - e_[obs]) * tau_[obs]
     return float(np.sum(weight_[obs] * resid**2) / np.sum(weight_[obs]))

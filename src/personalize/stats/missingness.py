@@ -43,8 +43,8 @@ def ipcw_weights(
     n = len(X)
     obs = observed.astype(bool)
     if method == "complete_case" or obs.all():
-        w = obs.astype(float)
-        return IPCW(w, method, clip, 0, float(obs.mean()), float(obs.sum()), 1.0)
+        weight = obs.astype(float)
+        return IPCW(weight, method, clip, 0, float(obs.mean()), float(obs.sum()), 1.0)
     ones = np.ones(n)
     Z = LinearDesign().fit(X, ones).transform(X)
     a = treated.astype(float)[:, None]
@@ -57,7 +57,7 @@ def ipcw_weights(
     raw = np.where(obs, 1.0 / np.clip(prob, 1e-6, 1.0), 0.0)
     cap = clip * raw[obs].mean()
     n_clipped = int((raw > cap).sum())
-    w = np.minimum(raw, cap)
-    w *= n / w.sum()
-    ess = float(w.sum() ** 2 / (w**2).sum())
-    return IPCW(w, method, clip, n_clipped, float(obs.mean()), ess, float(prob[obs].min()))
+    weight = np.minimum(raw, cap)
+    weight *= n / weight.sum()
+    ess = float(weight.sum() ** 2 / (weight**2).sum())
+    return IPCW(weight, method, clip, n_clipped, float(obs.mean()), ess, float(prob[obs].min()))

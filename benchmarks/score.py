@@ -137,8 +137,8 @@ def micro(resolved: scoring.ResolvedModel, src: Path, repeat: int) -> dict[str, 
     model = resolved.model
     frame = pd.read_parquet(src).iloc[:100_000].reset_index(drop=True)
     X = model.features(frame)
-    learner_boosters = fast_trees.boosters_of(model.learner)
-    everything = fast_trees.boosters_of(model.learner, model.ensemble)
+    learner_boosters = model.learner.boosters()
+    everything = [b for m in (model.learner, *model.ensemble) for b in m.boosters()]
     out: dict[str, Any] = {
         "sample_rows": len(X),
         "learner_boosters": len(learner_boosters),
@@ -147,7 +147,7 @@ def micro(resolved: scoring.ResolvedModel, src: Path, repeat: int) -> dict[str, 
             learner_boosters[0].booster_.model_to_string()).trees) if learner_boosters else 0,
     }  # fmt: skip
     fast_trees.set_threads(1)
-    fast_trees.warm_up(model.learner, model.ensemble)
+    model.warm()
     if learner_boosters:
         # the S-learner's booster reads one more column (the arm); evaluate it on arm 0
         Xb = X.assign(__treated__=0.0) if learner_boosters[0].n_features_in_ > X.shape[1] else X

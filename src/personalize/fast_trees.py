@@ -762,35 +762,6 @@ def _same_frame(a: Any, b: Any) -> bool:
     return bool(a.equals(b))
 
 
-def boosters_of(*objects: Any) -> list[Any]:
-    """Every fitted LightGBM model reachable from the objects' attributes (learners keep
-    theirs in attributes, lists and tuples)."""
-    import lightgbm as lgb
-
-    found: list[Any] = []
-    seen: set[int] = set()
-
-    def walk(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > 4:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, lgb.LGBMModel):
-            found.append(obj)
-        elif isinstance(obj, list | tuple):
-            for item in obj:
-                walk(item, depth + 1)
-        elif isinstance(obj, dict):
-            for item in obj.values():
-                walk(item, depth + 1)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type | np.ndarray | pd.DataFrame):
-            for item in vars(obj).values():
-                walk(item, depth + 1)
-
-    for obj in objects:
-        walk(obj, 0)
-    return found
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -832,16 +803,14 @@ def contributions(model: Any, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray,
     return None if xt is None else forest.contributions(xt)
 
 
-def warm_up(learner: Any, ensemble: Sequence[Any] = ()) -> None:
-    """Compile a model's trees ahead of its first request: the learner's boosters with
-    their SHAP tables (drivers), and the learner's and members' boosters together (what
-    `PersonalizeModel.predict` batches), e.g. `warm_up(model.learner, model.ensemble)`."""
-    explained = boosters_of(learner)
+def warm_up(explained: Sequence[Any], batched: Sequence[Any]) -> None:
+    """Compile trees ahead of the first request: the `explained` boosters with their SHAP
+    tables (drivers), and the `batched` boosters together (what one predict evaluates)."""
     for model in explained:
         forest = single_forest(model)
         if forest is not None:
             forest._shap_tables()
-    everything = [m for m in boosters_of(learner, ensemble) if parsed_model(m) is not None]
+    everything = [m for m in batched if parsed_model(m) is not None]
     if everything:
         forest = combined_forest(everything)
         forest.raw_scores(np.full((forest.n_features, 1), np.nan))  # load the kernel

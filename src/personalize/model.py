@@ -165,7 +165,14 @@ class PersonalizeModel:
 
     @cached_property
     def _boosters(self) -> list[Any]:
-        return fast_trees.boosters_of(self.learner, self.ensemble)
+        """The learner's and every bootstrap member's boosters: one predict evaluates them
+        together."""
+        return [b for learner in (self.learner, *self.ensemble) for b in learner.boosters()]
+
+    def warm(self) -> None:
+        """Compile the trees now (e.g. when a service loads the model) rather than on the
+        first request."""
+        fast_trees.warm_up(self.learner.boosters(), self._boosters)
 
     def _batch(self) -> contextlib.AbstractContextManager[None]:
         """Evaluate the learner's and every bootstrap member's boosters together."""

@@ -66,7 +66,11 @@ def test_an_ensembles_arms_at_once_are_each_members_bits(name: str, kind: str) -
     for rows in (X.iloc[:1], X.iloc[:5], X):
         one_by_one = [m.predict_arms(rows) for m in members]
         for batched in (False, True):
-            with fast_trees.batch(fast_trees.boosters_of(members)) if batched else nullcontext():
+            with (
+                fast_trees.batch([b for m in members for b in m.boosters()])
+                if batched
+                else nullcontext()
+            ):
                 mu0, mu1 = type(members[0]).arms_of(members, rows)
             assert mu0.shape == mu1.shape == (len(rows), len(members))
             for j, (m0, m1) in enumerate(one_by_one):

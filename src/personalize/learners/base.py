@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -97,6 +97,11 @@ class EffectLearner(ABC):
     @abstractmethod
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         """Exact additive decomposition of predict_arms."""
+
+    def boosters(self) -> list[Any]:
+        """The fitted gradient-boosted tree models this learner predicts with (compiled
+        together for fast scoring and exact TreeSHAP); none for a learner without trees."""
+        return []
 
     @classmethod
     def arms_of(

@@ -7,6 +7,7 @@ directly modelled benefit, so both arms and the benefit decompose on one additiv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -37,6 +38,9 @@ class EffectRegressionLearner(EffectLearner):
             phi += share * p
             base += share * b
         return phi, base
+
+    def boosters(self) -> list[Any]:
+        return [self.control_model_, *(model for _, model in self.effect_models_)]
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         mu0 = booster_value(self.control_model_, X, self.kind == "binary")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ class SLearner(EffectLearner):
         self.model_ = booster(self.kind == "binary", self.seed)
         self.model_.fit(with_arm(X, treated), y, sample_weight=weight)
         return self
+
+    def boosters(self) -> list[Any]:
+        return [self.model_]
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         classify = self.kind == "binary"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ class TLearner(EffectLearner):
             model.fit(X[rows], y[rows], sample_weight=weight[rows])
             self.models_.append(model)
         return self
+
+    def boosters(self) -> list[Any]:
+        return list(self.models_)
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         classify = self.kind == "binary"

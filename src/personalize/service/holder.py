@@ -97,13 +97,12 @@ class LoadedModel:
         source: Literal["registry", "cache"],
         model_uri: str,
     ) -> LoadedModel:
-        from personalize import fast_trees
         from personalize.model import PersonalizeModel
 
         if not isinstance(model, PersonalizeModel):
             raise TypeError(f"{model_uri} is not a personalize model ({type(model).__name__})")
         # compile the trees now, beside the serving model, not on the first request
-        fast_trees.warm_up(model.learner, model.ensemble)
+        model.warm()
         pipeline = model.pipeline
         synthetic = pipeline.synthetic or model.info.synthetic
         block = ModelBlock(

@@ -1,4 +1,4 @@
-"""Batch scoring benchmark (issue 6): one run, one machine, the same registered models.
+"""Batch scoring benchmark: one run, one machine, the same registered models.
 
     .venv/bin/python benchmarks/score.py [--rows 1000000] [--small 200000] [--repeat 3]
 

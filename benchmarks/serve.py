@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 5): `personalize serve` against `mlflow models serve`, one run.
+"""Serving benchmark: `personalize serve` against `mlflow models serve`, one run.
 
     .venv/bin/python benchmarks/serve.py [--requests 400] [--warmup 30] [--concurrency 1,8,32]
                                          [--workers 2] [--rounds 3]
@@ -534,7 +534,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- report
     lines = [
-        "# Serving benchmark (issue 5)",
+        "# Serving benchmark",
         "",
         f"Command: `.venv/bin/{command}`",
         "",

@@ -1,5 +1,5 @@
 """The training pipeline: validated cohort -> cross-fitted candidates -> chosen, calibrated,
-explained model with its heterogeneity evidence (DESIGN.md 2, "consequences").
+explained model with its heterogeneity evidence (docs/training.md).
 
 Nothing here talks to MLflow; `tracking` records what this returns.
 """

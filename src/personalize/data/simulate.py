@@ -1,4 +1,4 @@
-"""Synthetic two-arm trials with known potential outcomes (DESIGN.md section 2, issue 2).
+"""Synthetic two-arm trials with known potential outcomes (docs/simulator.md).
 
 Everything here is SYNTHETIC. The cohorts are shaped after published trial summaries so
 that the pipelines, learners and reports can be exercised end to end, and every patient's

@@ -1,4 +1,4 @@
-"""The decision rule: recommend an arm only when the evidence supports it (DESIGN.md 2.1).
+"""The decision rule: recommend an arm only when the evidence supports it (docs/training.md).
 
 Stored with the model so the service and the batch scorer decide identically.
 """

@@ -1,5 +1,5 @@
 """Inverse probability of censoring weights (IPCW) for outcomes missing at random given
-baseline and arm (DESIGN.md 2.2): complete cases stand in for similar patients whose
+baseline and arm: complete cases stand in for similar patients whose
 outcome was not observed."""
 
 from __future__ import annotations

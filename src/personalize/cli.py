@@ -147,7 +147,7 @@ def train(
             fail("training refused: the cohort failed validation (nothing registered)", code=1)
     s = reg.summary
     out.print(
-        f"registered [bold]{reg.model_name}[/] version {reg.version} as 'candidate' "
+        f"registered [bold]{reg.model_name}[/] version {reg.version} as {registry.CANDIDATE!r} "
         f"(run {reg.run_id})",
         highlight=False,
     )
@@ -167,7 +167,7 @@ def train(
                     "run_id": reg.run_id,
                     "model_name": reg.model_name,
                     "version": reg.version,
-                    "alias": "candidate",
+                    "alias": registry.CANDIDATE,
                     "synthetic": spec.synthetic,
                     **s,
                 }
@@ -378,6 +378,7 @@ def score(
     import logging
     import signal
 
+    from personalize import registry
     from personalize.batch import scoring
     from personalize.config import PipelineError, load_pipeline
 
@@ -387,7 +388,7 @@ def score(
         if pipeline is None:
             fail("pass --model URI, or --pipeline PIPELINE.yaml to score with its champion")
         try:
-            model = scoring.default_model_uri(load_pipeline(pipeline))
+            model = registry.ModelRef.champion(load_pipeline(pipeline)).uri
         except PipelineError as exc:
             fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

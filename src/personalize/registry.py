@@ -1,6 +1,10 @@
 """MLflow: one experiment per pipeline, one run per training, the model as a pyfunc
 registered with alias `candidate`; `promote` moves `champion` only through the gates.
 
+`ModelRef` is the one reader of `models:/<name>@<alias>` and `models:/<name>/<version>`
+references, and `resolve` the one place that asks the registry which version (and run) a
+reference points at; the service and the batch scorer both go through them.
+
 A run that fails (invalid cohort, exception mid-way) is marked FAILED and registers nothing:
 registration is the last step, after every artifact has been written.
 """
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ import joblib
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
@@ -266,6 +273,84 @@ def _gate_metrics(result: Any) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------- model references
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+class RegistryError(Exception):
+    """The registry could not be reached, or has no such model, version or alias."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model's name with an alias (which can move to another version) or a
+    version number (which cannot). Names never contain '/' or ':' (MLflow refuses them)."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelRef:
+        """`models:/<name>@<alias>` or `models:/<name>/<version>`; ValueError otherwise."""
+        match = MODEL_URI.match(uri)
+        if not match:
+            raise ValueError(
+                f"model URI {uri!r} is not models:/<name>@<alias> or models:/<name>/<version>"
+            )
+        return cls(match["name"], match["alias"], match["version"])
+
+    @classmethod
+    def champion(cls, pipeline: Pipeline) -> ModelRef:
+        """The pipeline's registered model as promoted: what `serve` and `score` use unless
+        told otherwise."""
+        return cls(pipeline.registry.model_name, alias=CHAMPION)
+
+    @property
+    def uri(self) -> str:
+        if self.alias is not None:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """The version a reference pointed at when it was resolved."""
+
+    name: str
+    version: str
+    run_id: str | None
+
+    @property
+    def uri(self) -> str:
+        """`models:/<name>/<version>`: this version's artifact, wherever the aliases move."""
+        return ModelRef(self.name, version=self.version).uri
+
+
+def lookup(client: MlflowClient, ref: ModelRef) -> ModelVersion:
+    """The registry's entry for a reference now (MlflowException when there is none)."""
+    if ref.alias is not None:
+        return client.get_model_version_by_alias(ref.name, ref.alias)
+    return client.get_model_version(ref.name, str(ref.version))
+
+
+def resolve(ref: ModelRef, tracking_uri: str | None = None) -> RegisteredVersion:
+    """Name, version and run an alias or version points at now. Load `.uri` of the answer,
+    not the alias, and a move of the alias meanwhile cannot change what is loaded."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    try:
+        mv = lookup(client, ref)
+    except MlflowException as exc:
+        raise RegistryError(f"{ref.uri}: {exc.message}") from None
+    except Exception as exc:  # network, database
+        raise RegistryError(f"{ref.uri}: {type(exc).__name__}: {exc}") from None
+    return RegisteredVersion(str(mv.name), str(mv.version), mv.run_id)
+
+
+# --------------------------------------------------------------------------- promotion
+
+
 class GateError(Exception):
     """A version that does not meet its pipeline's promotion gates."""
 
@@ -275,14 +360,12 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
     gate passes; return the version promoted and the checks made."""
     quiet_mlflow()
     client = MlflowClient(tracking_uri or default_tracking_uri())
+    ref = ModelRef(name, version=version) if version.isdigit() else ModelRef(name, alias=version)
     try:
-        if version.isdigit():
-            mv = client.get_model_version(name, version)
-        else:  # an alias such as "candidate"
-            mv = client.get_model_version_by_alias(name, version)
-            version = str(mv.version)
-    except mlflow.exceptions.MlflowException:
+        mv = lookup(client, ref)
+    except MlflowException:
         raise GateError(f"no model version {name}/{version} in the registry") from None
+    version = str(mv.version)
     run = client.get_run(mv.run_id) if mv.run_id else None
     pipe = (
         Pipeline.model_validate(
@@ -325,7 +408,8 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> PersonalizeModel:
-    """The registered PersonalizeModel itself (what the service and the scorer call)."""
+    """The registered PersonalizeModel itself (what the service and the scorer call); give
+    a resolved version's `uri` to load exactly that version."""
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/artifacts")

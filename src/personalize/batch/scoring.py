@@ -101,39 +101,31 @@ class ScoringError(Exception):
 
 @dataclass(frozen=True)
 class ResolvedModel:
+    """The model a run scores with, and the name and version written beside every row."""
+
     model: PersonalizeModel
     name: str
     version: str
     uri: str
 
 
-def default_model_uri(pipeline: Pipeline) -> str:
-    return f"models:/{pipeline.registry.model_name}@champion"
-
-
 def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ResolvedModel:
     """Load a registered model, pinning an alias to the version it points at now (the
-    whole run uses that version even if the alias moves meanwhile)."""
-    from mlflow.tracking import MlflowClient
-
+    whole run uses that version even if the alias moves meanwhile). Another MLflow model
+    URI (runs:/..., a path) is loaded as it is and named after its pipeline."""
+    # MLflow takes seconds to import; only a run that loads a model needs it
     from personalize import registry
 
     uri = tracking_uri or registry.default_tracking_uri()
     name, version = "", ""
     if model_uri.startswith("models:/"):
-        ref = model_uri.removeprefix("models:/").rstrip("/")
-        client = MlflowClient(uri)
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            try:
-                version = str(client.get_model_version_by_alias(name, alias).version)
-            except Exception as exc:  # the registry's own message names the problem
-                raise ScoringError(f"cannot resolve {model_uri}: {exc}") from None
-        elif "/" in ref:
-            name, version = ref.rsplit("/", 1)
-        else:
-            raise ScoringError(f"{model_uri}: give a version (models:/NAME/3) or alias")
-        model_uri = f"models:/{name}/{version}"
+        try:
+            found = registry.resolve(registry.ModelRef.parse(model_uri), uri)
+        except ValueError as exc:
+            raise ScoringError(str(exc)) from None
+        except registry.RegistryError as exc:  # the registry's own message names the problem
+            raise ScoringError(f"cannot resolve {exc}") from None
+        name, version, model_uri = found.name, found.version, found.uri
     try:
         model = registry.load_model(model_uri, uri)
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The full recovery study and peer benchmark (issue 4), writing benchmarks/results/.
+"""The full recovery study and peer benchmark, writing benchmarks/results/.
 
     .venv/bin/python benchmarks/recovery.py                 # every part (about 1-2 hours)
     .venv/bin/python benchmarks/recovery.py --part main     # stamp + stamp-null, N = 770
@@ -30,16 +30,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from personalize.study import (
-    PEERS,
-    SAMPLE_SIZES,
-    StudyResult,
-    log_to_mlflow,
-    render,
-    run_study,
-    summarize,
-    write_outputs,
-)
+from personalize.study.outputs import write_outputs
+from personalize.study.peers import PEERS
+from personalize.study.run import SAMPLE_SIZES, TEST_N, StudyResult, run_study
+from personalize.study.summary import render, summarize_results
+from personalize.study.tracking import log_to_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
     parser.add_argument("--replications", type=int, default=20)
-    parser.add_argument("--test-n", type=int, default=5000)
+    parser.add_argument("--test-n", type=int, default=TEST_N)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-mlflow", action="store_true")
@@ -116,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
             files = write_outputs(results, args.out, prefix, command)
-            import pandas as pd
-
-            records = pd.concat([r.records for r in results], ignore_index=True)
-            render(summarize(records, results[0].level), f"{prefix} ({pipeline})", console)
+            render(summarize_results(results), f"{prefix} ({pipeline})", console)
             console.print(
                 f"{prefix}: {(time.perf_counter() - start) / 60:.1f} min; wrote "
                 + ", ".join(p.name for p in files.values()),

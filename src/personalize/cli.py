@@ -4,8 +4,10 @@ library and renders; heavy imports happen inside commands so `--help` stays inst
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -444,11 +446,117 @@ def score(
         print(json.dumps(s.to_dict()))
 
 
-# The recovery study (issue 4). personalize.study keeps its heavy imports inside functions,
-# so importing it here keeps `personalize --help` fast.
-from personalize.study import study  # noqa: E402
+# --- the recovery study (study/) ---------------------------------------------------------
 
-app.command()(study)
+
+@app.command()
+def study(
+    scenario: Annotated[
+        str | None, typer.Option(help="simulator scenario: stamp, stamp-null or optimum")
+    ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(help="pipeline YAML (default: the scenario's shipped pipeline)"),
+    ] = None,
+    replications: Annotated[
+        int, typer.Option(min=1, help="training cohorts (fresh simulations) per N")
+    ] = 20,
+    n: Annotated[
+        list[int] | None,
+        typer.Option("--n", help="patients per training cohort (default 770); repeat for a curve"),
+    ] = None,
+    test_n: Annotated[int, typer.Option("--test-n", min=100, help="test-set patients")] = 5000,
+    peers: Annotated[
+        bool, typer.Option("--peers/--no-peers", help="fit EconML and CausalML peers too")
+    ] = True,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="directory for CSVs, plots, report")
+    ] = Path("study-results"),
+    seed: Annotated[int, typer.Option(help="study seed; same seed, same numbers")] = 0,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: models/mlflow.db)")
+    ] = None,
+    mlflow_run: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="log a run in experiment recovery-study")
+    ] = True,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option(
+            help="override training.bootstrap (interval ensemble size; default: the pipeline's)"
+        ),
+    ] = None,
+) -> None:
+    """Recovery study: score models trained on SYNTHETIC cohorts against the truth.
+
+    PEHE, regret, interval coverage and heterogeneity-test rejection rates over fresh
+    simulated training cohorts, on one independent simulated test set, with EconML and
+    CausalML peers on the same cohorts. Writes CSVs, plots and a markdown table to --out
+    and logs an MLflow run in experiment `recovery-study`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from personalize.study.outputs import write_outputs
+    from personalize.study.peers import PEERS, require_packages
+    from personalize.study.run import StudyResult, resolve, run_study
+    from personalize.study.summary import render, summarize_results
+    from personalize.study.tracking import EXPERIMENT, log_to_mlflow
+
+    console = out if out.is_terminal else Console(width=200)  # the table is wide
+    sizes = n or [770]
+    try:
+        scen, path = resolve(scenario, pipeline)
+    except ValueError as exc:
+        fail(str(exc))
+    peer_list: tuple[str, ...] = PEERS if peers else ()
+    try:
+        require_packages(peer_list)
+    except ImportError as exc:
+        fail(f"peers need the bench extra ({exc}); `pip install -e '.[bench]'` or pass --no-peers")
+    command = "personalize study " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    overrides: dict[str, Any] = {"bootstrap": bootstrap} if bootstrap else {}
+    results: list[StudyResult] = []
+    with Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("starting", total=replications * len(sizes))
+        for size in sizes:
+
+            def say(message: str, size: int = size) -> None:
+                bar.update(task, description=f"N={size} {message}")
+
+            results.append(
+                run_study(
+                    scen,
+                    path,
+                    replications=replications,
+                    n=size,
+                    test_n=test_n,
+                    peers=peer_list,
+                    seed=seed,
+                    training=overrides,
+                    progress=say,
+                    on_replication=lambda _r: bar.advance(task),
+                )
+            )
+    stem = Path(path).stem
+    prefix = stem if stem.startswith(scen) else f"{scen}-{stem}"
+    files = write_outputs(results, out_dir, prefix, command)
+    render(summarize_results(results), f"recovery study: {scen} ({path})", console)
+    console.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False)
+    if mlflow_run:
+        run_id = log_to_mlflow(results, files, tracking_uri, command)
+        console.print(f"MLflow run {run_id} in experiment '{EXPERIMENT}'", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""Scores against the simulator's truth: every per-replication number of the study.
+
+Definitions (every number in the tables):
+
+- **true benefit**: binary outcomes `p_response_T - p_response_C` (probability scale);
+  continuous paired outcomes (improvement = baseline - follow-up) `-(expected_change_T -
+  expected_change_C)`. The arms' true expected outcomes (higher is better) score policies.
+- **PEHE**: root mean squared error of the predicted benefit over the test patients. The
+  reference is `sd(true benefit)`, the PEHE of the best constant predictor (the true
+  average effect for everyone): a method with PEHE above it has learned nothing usable.
+- **policy value** of a method's recommendations: the mean true expected outcome when every
+  test patient gets the arm the method recommends. `either` is resolved as the product
+  says it should be ("follow patient preference"): the patient's stated preferred arm, and
+  for patients without a preference the better arm by the method's own average-effect
+  estimate (ours: the AIPW average effect; peers: the mean predicted benefit on their
+  training cohort). `regret` = oracle value (every patient on their truly better arm) minus
+  policy value; `gain` = policy value minus treating everyone with the truly better single
+  arm. Also reported: `regret_avgarm` (`either` -> the method's better average arm for
+  everyone) and `regret_plugin` (treat whenever the point benefit is > 0, no abstention).
+- **accuracy**: among patients with a non-`either` recommendation, the share whose
+  recommended arm is truly better (a true benefit of exactly 0, as everywhere on
+  `stamp-null`, counts as wrong: the recommendation had no basis).
+- **coverage**: share of test patients whose true benefit lies inside their interval
+  (target: the pipeline's `training.interval_level`). `group_coverage`: coverage of the
+  model's *projected* benefit target, the mean true benefit of the test patients in the
+  same twentile of predicted benefit (what a calibrated model can promise at best).
+- **heterogeneity rejection**: `heterogeneity_p < decision.alpha` (ours only; power on
+  `stamp`, type I error on `stamp-null`). Candidate learners' unadjusted BLP p-values and
+  an ACAT (Cauchy) combination of them are kept for diagnosis (`study.run`).
+- **peer recommendations**: the same rule as ours without the evidence gate
+  (`study.peers.peer_recommendations`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from personalize.config import Pipeline, load_pipeline
+
+# The simulator's scenarios and the pipeline each ships with: the truth file describes
+# that pipeline's outcome, and a scenario alone runs its shipped pipeline.
+DEFAULT_PIPELINES = {
+    "stamp": "pipelines/stamp.yaml",
+    "stamp-null": "pipelines/stamp-null.yaml",
+    "optimum": "pipelines/optimum.yaml",
+}
+GROUPS = 20  # twentiles of predicted benefit for the projected-benefit coverage
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Each test patient's true expected outcome (higher is better) under each arm."""
+
+    control: np.ndarray
+    treatment: np.ndarray
+
+    @property
+    def benefit(self) -> np.ndarray:
+        return self.treatment - self.control
+
+    @property
+    def oracle_value(self) -> float:
+        return float(np.maximum(self.treatment, self.control).mean())
+
+    @property
+    def best_arm_value(self) -> float:
+        return float(max(self.treatment.mean(), self.control.mean()))
+
+    def value(self, treat: np.ndarray) -> float:
+        return float(np.where(treat, self.treatment, self.control).mean())
+
+
+def known_scenario(scenario: str) -> str:
+    """The scenario itself, if the simulator has it (else a ValueError naming the choices)."""
+    if scenario not in DEFAULT_PIPELINES:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {sorted(DEFAULT_PIPELINES)}")
+    return scenario
+
+
+def truth_of(truth: pd.DataFrame, pipeline: Pipeline, scenario: str) -> Truth:
+    """The simulator's truth on the pipeline's outcome scale.
+
+    The truth file describes the scenario's shipped outcome (its follow-up column and
+    responder definition); a pipeline asking for another outcome cannot be scored."""
+    shipped = load_pipeline(DEFAULT_PIPELINES[known_scenario(scenario)]).outcome
+    out = pipeline.outcome
+    if (out.baseline, out.followup) != (shipped.baseline, shipped.followup):
+        raise ValueError(
+            f"the simulator's truth for {scenario!r} is about {shipped.baseline} -> "
+            f"{shipped.followup}; the pipeline's outcome ({out.baseline} -> {out.followup}) "
+            "cannot be scored against it"
+        )
+    arm = pipeline.cohort.arm
+    if out.kind == "binary":
+        if out.responder != shipped.responder:
+            raise ValueError(
+                f"the truth's responder definition is {shipped.responder}; the pipeline's "
+                f"({out.responder}) cannot be scored against it"
+            )
+        return Truth(
+            truth[f"p_response_{arm.control}"].to_numpy(dtype=float),
+            truth[f"p_response_{arm.treatment}"].to_numpy(dtype=float),
+        )
+    # improvement = baseline - follow-up, so E[improvement] = -E[follow-up - baseline]
+    return Truth(
+        -truth[f"expected_change_{arm.control}"].to_numpy(dtype=float),
+        -truth[f"expected_change_{arm.treatment}"].to_numpy(dtype=float),
+    )
+
+
+@dataclass
+class Prediction:
+    """One method's answer for the test patients, and how it resolves `either`."""
+
+    benefit: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    recommend: np.ndarray  # +1 treatment, -1 control, 0 either
+    ate: float  # the method's own average-effect estimate (resolves `either` w/o preference)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pehe(benefit: np.ndarray, truth: Truth) -> float:
+    """Root mean squared error of a predicted benefit against the true benefit."""
+    return float(np.sqrt(np.mean((benefit - truth.benefit) ** 2)))
+
+
+def projected_target(benefit: np.ndarray, tau: np.ndarray, groups: int = GROUPS) -> np.ndarray:
+    """Mean true benefit of the patients in the same quantile group of predicted benefit
+    (patients with identical predictions always share a group)."""
+    edges = np.unique(np.quantile(benefit, np.linspace(0, 1, groups + 1)))
+    idx = np.searchsorted(edges[1:-1], benefit, side="right")
+    sums = np.bincount(idx, weights=tau, minlength=len(edges))
+    counts = np.bincount(idx, minlength=len(edges))
+    return np.asarray((sums / np.maximum(counts, 1))[idx], dtype=float)
+
+
+def score(
+    pred: Prediction, truth: Truth, preference: np.ndarray, treatment: str, control: str
+) -> dict[str, float]:
+    """Every per-replication metric of one method against the truth (module docstring)."""
+    tau = truth.benefit
+    b = pred.benefit
+    m: dict[str, float] = {
+        "pehe": pehe(b, truth),
+        "sd_true": float(tau.std()),
+        "bias": float(b.mean() - tau.mean()),
+        "sd_pred": float(b.std()),
+        # a flat prediction (slope clipped to 0) varies only by rounding: no correlation
+        "corr": float(np.corrcoef(b, tau)[0, 1])
+        if b.std() > 1e-9 and tau.std() > 1e-9
+        else math.nan,
+    }
+    if pred.lower is not None and pred.upper is not None:
+        inside = (pred.lower <= tau) & (tau <= pred.upper)
+        target = projected_target(b, tau)
+        m["coverage"] = float(inside.mean())
+        m["group_coverage"] = float(((pred.lower <= target) & (target <= pred.upper)).mean())
+        m["width"] = float(np.median(pred.upper - pred.lower))
+    else:
+        m["coverage"] = m["group_coverage"] = m["width"] = math.nan
+    rec = pred.recommend
+    active = rec != 0
+    m["share_either"] = float(1 - active.mean())
+    m["accuracy"] = float((rec[active] * tau[active] > 0).mean()) if active.any() else math.nan
+    avg_arm = pred.ate > 0
+    stated = np.where(
+        preference == treatment, True, np.where(preference == control, False, avg_arm)
+    )
+    oracle = truth.oracle_value
+    best = truth.best_arm_value
+    value = truth.value(np.where(active, rec > 0, stated))
+    m["value"] = value
+    m["regret"] = oracle - value
+    m["gain"] = value - best
+    m["regret_avgarm"] = oracle - truth.value(np.where(active, rec > 0, avg_arm))
+    m["regret_plugin"] = oracle - truth.value(b > 0)
+    m["value_oracle"] = oracle
+    m["value_best_arm"] = best
+    m["regret_best_arm"] = oracle - best
+    m["regret_preference"] = oracle - truth.value(
+        np.where(
+            preference == treatment,
+            True,
+            np.where(preference == control, False, truth.treatment.mean() > truth.control.mean()),
+        )
+    )
+    return m

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +254,122 @@ def test_continuous_outcome_renders(continuous: training.TrainResult) -> None:
     assert " pp" not in md  # points, not percentage points
     assert card["decision_rule"]["margin_display"] == "0.50 points"
     assert f"**Chosen: `{continuous.chosen}`**" in md
+
+
+# --------------------------------------------------------------------------- HTML card
+
+
+class _Blocks(HTMLParser):
+    """The text of each block of an HTML fragment in document order: headings, paragraphs,
+    list items (without their nested lists) and table rows (cells joined by " | ")."""
+
+    BLOCKS = frozenset({"h1", "h2", "h3", "p", "li", "tr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[list[str]] = []
+        self.open: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.BLOCKS:
+            self.open.append(len(self.blocks))
+            self.blocks.append([])
+        elif tag in ("td", "th") and self.open:
+            self.blocks[self.open[-1]].append("\x00")  # a cell starts
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.BLOCKS:
+            self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.open:
+            self.blocks[self.open[-1]].append(data)
+
+
+class _Tags(HTMLParser):
+    """The element and attribute names an HTML fragment uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+        self.attributes: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.names.add(tag)
+        self.attributes.update(name for name, _ in attrs)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def html_blocks(html: str) -> list[str]:
+    parser = _Blocks()
+    parser.feed(html)
+    parser.close()
+    out = []
+    for parts in parser.blocks:
+        text = "".join(parts)
+        if "\x00" in text:
+            text = " | ".join(_words(cell) for cell in text.split("\x00")[1:])
+        out.append(_words(text))
+    return out
+
+
+def markdown_blocks(markdown: str) -> list[str]:
+    """The same blocks read from the Markdown card, inline marks (bold, italics, code)
+    dropped; table separator rows and empty header rows skipped."""
+    out = []
+    for line in markdown.splitlines():
+        text = line.strip()
+        if not text or re.fullmatch(r"\|( --- \|)+", text):
+            continue
+        if text.startswith("|"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", text)[1:-1]]
+            if not any(cells):
+                continue
+            text = " | ".join(cells)
+        else:
+            text = re.sub(r"^(#+|>|-) ", "", text)
+            if text.startswith("*") and text.endswith("*") and not text.startswith("**"):
+                text = text[1:-1]  # a paragraph in italics
+        out.append(_words(text.replace("**", "").replace("`", "")))
+    return out
+
+
+def test_html_card_says_what_the_markdown_says(
+    result: training.TrainResult, continuous: training.TrainResult
+) -> None:
+    for run in (result, continuous, with_pipeline(result, synthetic=False)):
+        card = report.model_card_dict(run, **card_args())
+        html = report.render_model_card_html(card)
+        blocks = html_blocks(html)
+        assert blocks == markdown_blocks(report.render_model_card(card))
+        assert blocks[0] == "Model card: personalize-stamp"
+    (ARTIFACTS / "binary").mkdir(parents=True, exist_ok=True)
+    card = report.model_card_dict(result, **card_args())
+    (ARTIFACTS / "binary" / "model_card.html").write_text(report.render_model_card_html(card))
+
+
+def test_html_card_is_a_safe_fragment(result: training.TrainResult) -> None:
+    card = report.model_card_dict(result, **card_args())
+    card["model"]["name"] = "<script>alert(1)</script>"
+    card["limitations"].append('<img src=x onerror="alert(1)"> & more')
+    html = report.render_model_card_html(card)
+    assert html.startswith('<article class="model-card">')
+    assert html.rstrip().endswith("</article>")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt; &amp; more" in html
+    tags = _Tags()
+    tags.feed(html)
+    # plain content elements only: no document, script, style, image or handler
+    assert tags.names <= {
+        "article", "section", "h2", "h3", "p", "ul", "li", "strong", "em", "code",
+        "blockquote", "div", "table", "thead", "tbody", "tr", "th", "td",
+    }  # fmt: skip
+    assert tags.attributes <= {"class", "scope", "tabindex"}
+    sections = re.findall(r"<h3>([^<]+)</h3>", html)
+    assert sections[0] == "Intended use" and sections[-1] == "Limitations"
+    assert '<blockquote class="synthetic-warning">' in html
+    real = report.model_card_dict(with_pipeline(result, synthetic=False), **card_args())
+    assert "SYNTHETIC" not in report.render_model_card_html(real)

@@ -1,5 +1,5 @@
-"""The `personalize` command line (DESIGN.md section 4). Thin: each command parses, calls the
-library and renders; heavy imports happen inside commands so `--help` stays instant."""
+"""The `personalize` command line: the composition root. Thin: each command parses, calls
+the library and renders; heavy imports happen inside commands so `--help` stays instant."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -38,17 +39,37 @@ from service_support import (
 # --------------------------------------------------------------------------- no model needed
 
 
-def test_settings_from_env_names_the_variable_at_fault() -> None:
-    s = Settings.from_env(
-        {"PERSONALIZE_BATCH_MAX": "50", "MLFLOW_TRACKING_URI": "http://x", "PERSONALIZE_X": "1"}
+def environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """Exactly these service variables in the environment, no others."""
+    for name in list(os.environ):
+        if name.startswith("PERSONALIZE_") or name == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_settings_from_env_names_the_variable_at_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    environment(
+        monkeypatch,
+        PERSONALIZE_BATCH_MAX="50",
+        MLFLOW_TRACKING_URI="http://x",
+        PERSONALIZE_X="1",
+        PERSONALIZE_EXPLAIN="",
     )
-    assert s.batch_max == 50 and s.tracking_uri == "http://x"
+    s = Settings.from_env()
+    assert s.batch_max == 50 and s.tracking_uri == "http://x" and s.explain == 3
+    environment(monkeypatch, PERSONALIZE_TRACKING_URI="http://p", MLFLOW_TRACKING_URI="http://x")
+    assert Settings.from_env().tracking_uri == "http://p"
+    assert Settings.from_env(tracking_uri="http://o").tracking_uri == "http://o"
+    environment(monkeypatch, PERSONALIZE_BATCH_MAX="lots")
     with pytest.raises(SettingsError, match="PERSONALIZE_BATCH_MAX"):
-        Settings.from_env({"PERSONALIZE_BATCH_MAX": "lots"})
+        Settings.from_env()
+    environment(monkeypatch, PERSONALIZE_MODEL_URI="runs:/abc/model")
     with pytest.raises(SettingsError, match="PERSONALIZE_MODEL_URI"):
-        Settings.from_env({"PERSONALIZE_MODEL_URI": "runs:/abc/model"})
+        Settings.from_env()
+    environment(monkeypatch)
     assert (
-        Settings.from_env({}, pipeline=Path("pipelines/optimum.yaml")).resolved_model_uri()
+        Settings.from_env(pipeline=Path("pipelines/optimum.yaml")).resolved_model_uri()
         == "models:/personalize-optimum@champion"
     )
 
@@ -431,6 +452,17 @@ def test_model_card_json_and_markdown(client: TestClient, clinician: dict[str, s
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
     assert "SYNTHETIC DATA" in md.text and "| Version | 1 |" in md.text
     assert client.get("/v1/model", params={"format": "pdf"}, headers=clinician).status_code == 422
+
+
+@pytest.mark.slow
+def test_model_card_html_fragment(client: TestClient, clinician: dict[str, str]) -> None:
+    r = client.get("/v1/model", params={"format": "html"}, headers=clinician)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.text.startswith('<article class="model-card">') and "<html" not in r.text
+    assert "<h2>Model card: " in r.text and "<h3>Limitations</h3>" in r.text
+    assert "SYNTHETIC DATA" in r.text
+    assert '<th scope="row">Version</th><td>1</td>' in r.text
+    assert client.get("/v1/model", params={"format": "html"}).status_code == 401
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ class Registry:
         return f"sqlite:///{self.db}"
 
     def champion(self, name: str = STAMP_MODEL) -> str:
-        return f"models:/{name}@champion"
+        return registry.ModelRef(name, alias=registry.CHAMPION).uri
 
     def copy(self, into: Path) -> Registry:
         """An independent registry (own aliases) sharing the read-only artifacts."""
@@ -67,7 +67,7 @@ class Registry:
         return Registry(self.root, db, self.versions)
 
     def set_champion(self, version: str, name: str = STAMP_MODEL) -> None:
-        MlflowClient(self.uri).set_registered_model_alias(name, "champion", version)
+        MlflowClient(self.uri).set_registered_model_alias(name, registry.CHAMPION, version)
 
 
 @functools.cache
@@ -90,7 +90,7 @@ def trained_registry() -> Registry:
         versions.setdefault(reg.model_name, []).append(reg.version)
     client = MlflowClient(uri)
     for name, vs in versions.items():
-        client.set_registered_model_alias(name, "champion", vs[0])
+        client.set_registered_model_alias(name, registry.CHAMPION, vs[0])
     return Registry(root, root / "mlflow.db", versions)
 
 

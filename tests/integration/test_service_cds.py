@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from personalize.service.app import create_app
 from personalize.service.audit import AuditRecord
-from personalize.service.cds_hooks import SUMMARY_MAX, _age, _daily_dose, summary
+from personalize.service.cds_hooks import SUMMARY_MAX, summary
+from personalize.service.fhir import _age, _daily_dose
 from personalize.service.schemas import (
     ArmOutcome,
     Benefit,

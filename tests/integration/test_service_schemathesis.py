@@ -21,15 +21,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from personalize.service.app import api, ops
-from personalize.service.cds_hooks import router as cds_router
+from personalize.service.routes import ROUTERS
 from service_support import Server, cli, serve, trained_registry
 
 pytestmark = pytest.mark.slow
 
 ROUTES = [
     route
-    for router in (api, ops, cds_router)
+    for router in ROUTERS
     for route in router.routes
     if isinstance(route, APIRoute) and route.include_in_schema
 ]

@@ -8,8 +8,10 @@ centered encoding: exact, and zero for a patient at the cohort average.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Self
 
+import numba
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -66,12 +68,65 @@ class LinearDesign:
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         return self._encode(X)[0] - self.center_
 
+    def raw_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """X without the learned centring and scaling: per numeric feature its value where
+        present (0 where missing) and a presence indicator; per categorical its one-hot
+        columns. Shared by every design fitted on the same features (a bootstrap ensemble),
+        so several fitted models score X from one matrix (`raw_weights`)."""
+        blocks = []
+        cols = columns(X)
+        for name in self.features_:
+            col = cols[name]
+            if col.levels is not None:
+                codes = col.codes
+                onehot = np.zeros((len(X), len(col.levels)))
+                seen = codes >= 0
+                onehot[np.flatnonzero(seen), codes[seen]] = 1.0
+                blocks.append(onehot)
+            else:
+                present = ~np.isnan(col.values)
+                blocks.append(np.where(present, col.values, 0.0)[:, None])
+                blocks.append(present.astype(float)[:, None])
+        return np.hstack(blocks)
+
+    def raw_weights(self, coef: np.ndarray) -> tuple[np.ndarray, float]:
+        """(w, c) with raw_matrix(X) @ w + c == transform(X) @ coef: a missing value is
+        imputed by the mean, so a numeric term is present * (x - mean) / sd - center."""
+        weights: list[float] = []
+        widths = np.bincount(self.groups_, minlength=len(self.features_))
+        col = 0
+        for j, name in enumerate(self.features_):
+            if name in self.stats_:
+                mean, sd = self.stats_[name]
+                b = float(coef[col])
+                weights += [b / sd, -b * mean / sd]
+            else:
+                weights += [float(v) for v in coef[col : col + widths[j]]]
+            col += int(widths[j])
+        return np.asarray(weights), -float(coef @ self.center_)
+
     def by_feature(self, terms: np.ndarray) -> np.ndarray:
         """Sum encoded-column terms (n x columns) into per-feature contributions."""
         out = np.zeros((terms.shape[0], len(self.features_)))
         for col, group in enumerate(self.groups_):  # np.add.at's order, without its overhead
             out[:, group] += terms[:, col]
         return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _linear_predictors(R: np.ndarray, W: np.ndarray, const: np.ndarray) -> np.ndarray:
+    """const[m] + sum_c R[i, c] * W[c, m], summed over c in order for every (i, m): the
+    same bits for a model whatever the other columns of W (a BLAS product would not
+    promise that), at the cost of one pass over the rows."""
+    n, q = R.shape
+    out = np.empty((n, W.shape[1]))
+    for i in range(n):
+        for m in range(W.shape[1]):
+            acc = const[m]
+            for c in range(q):
+                acc += R[i, c] * W[c, m]
+            out[i, m] = acc
+    return out
 
 
 class LinearLearner(EffectLearner):
@@ -118,6 +173,32 @@ class LinearLearner(EffectLearner):
         (b0, p0), (b1, p1) = parts
         return ArmContributions([*X.columns, ARM_DRIVER], b0, p0, b1, p1)
 
+    def _arm_weights(self, arm: int) -> tuple[np.ndarray, float]:
+        """The arm's linear predictor as weights on `LinearDesign.raw_matrix` and a constant."""
+        w, c = self.design_.raw_weights(self.beta_ + arm * self.delta_)
+        return w, c + self.intercept_ + arm * self.gamma_
+
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        c = self.contributions(X)
-        return c.base0 + c.phi0.sum(axis=1), c.base1 + c.phi1.sum(axis=1)
+        mu0, mu1 = type(self).arms_of([self], X)
+        return mu0[:, 0], mu1[:, 0]
+
+    @classmethod
+    def arms_of(
+        cls, learners: Sequence[EffectLearner], X: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every learner's arms from one shared raw matrix: per arm, the members' weights
+        side by side (columns x learners), summed column by column in one fixed order, so a
+        learner's numbers are the same bits alone or in an ensemble. Scoring a bootstrap
+        ensemble is then a few passes over the rows, not one design per member."""
+        fitted = [m for m in learners if isinstance(m, LinearLearner)]
+        features = {tuple(m.design_.features_) for m in fitted}
+        if len(fitted) != len(learners) or len(features) != 1:
+            return super().arms_of(learners, X)
+        R = fitted[0].design_.raw_matrix(X)
+        arms = []
+        for arm in (0, 1):
+            weights = [m._arm_weights(arm) for m in fitted]
+            W = np.ascontiguousarray(np.column_stack([w for w, _ in weights]))
+            eta = _linear_predictors(R, W, np.array([c for _, c in weights]))
+            arms.append(sigmoid(eta) if fitted[0].kind == "binary" else eta)
+        return arms[0], arms[1]

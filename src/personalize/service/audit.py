@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
 from sqlalchemy import (
     DateTime,
     Engine,
@@ -272,11 +271,6 @@ def _shared_secret(session: Session, name: str) -> str:
     return value
 
 
-async def get_database(request: Request) -> Database:
-    db: Database = request.app.state.database
-    return db
-
-
 __all__ = [
     "ApiKey",
     "AuditEntry",
@@ -287,6 +281,5 @@ __all__ = [
     "SQLAlchemyError",
     "ServiceSecret",
     "ServiceSignal",
-    "get_database",
     "make_engine",
 ]

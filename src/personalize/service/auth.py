@@ -6,8 +6,8 @@ hash (per-key random salt). Only the hash is stored; the full key is printed onc
 ``personalize keys create``.
 
 Roles are cumulative, least privilege first: clinician (single recommendations, model
-card, CDS Hooks) < researcher (+ batch) < admin (+ reload). No key, an unknown, malformed
-or revoked key: 401. A valid key without the role: 403.
+card, CDS Hooks) < researcher (+ batch) < admin (+ reload). The routes check them through
+`personalize.service.deps` (401 without a valid key, 403 without the role).
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ import hmac
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Annotated, Any
 
-import anyio
-from fastapi import Depends, HTTPException, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, bindparam, select
 
-from personalize.service.audit import ApiKey, Database, get_database, utcnow
+from personalize.service.audit import ApiKey, Database, utcnow
 
 KEY_PREFIX = "pz"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -208,60 +203,3 @@ def list_keys(db: Database) -> list[KeyInfo]:
     with db.session() as session:
         rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
         return [KeyInfo(r.key_id, r.role, r.note, r.created_at, r.revoked_at) for r in rows]
-
-
-# ------------------------------------------------------------------------- dependencies
-
-bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key from `personalize keys create`, as `Authorization: Bearer <key>`.",
-)
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-async def authenticate(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    database: Annotated[Database, Depends(get_database)],
-) -> Principal:
-    """The caller's principal, checked against the key's row on every request (revocation
-    takes effect at once). A coroutine that reads the row on the event loop: one indexed
-    read of one row (tens of microseconds on SQLite, a loopback round trip on PostgreSQL)
-    costs less than handing it to the thread pool, which took a fifth of a worker's time
-    under load. scrypt, for a secret not seen before, runs in the thread pool."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    # a connection of its own, returned at once: a request waiting for the scoring thread
-    # must not hold a pooled connection (the scoring thread needs one for the audit rows)
-    with database.engine.connect() as connection:
-        found = claim(connection, credentials.credentials)
-    if found is None or not (
-        found.remembered() or await anyio.to_thread.run_sync(found.check)  # scrypt: off the loop
-    ):
-        raise _unauthorized("invalid or revoked API key")
-    return found.principal
-
-
-def require(role: Role) -> Callable[..., Any]:
-    """Dependency: a valid key whose role is at least `role`."""
-
-    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role < role:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"this route needs the {role.name} role or higher; "
-                f"the key has the {principal.role.name} role",
-            )
-        return principal
-
-    return dependency
-
-
-AnyKey = Annotated[Principal, Depends(require(Role.clinician))]
-Clinician = AnyKey
-Researcher = Annotated[Principal, Depends(require(Role.researcher))]
-Admin = Annotated[Principal, Depends(require(Role.admin))]

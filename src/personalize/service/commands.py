@@ -31,14 +31,15 @@ def _settings(**overrides: Any) -> Settings:
         raise CommandError(str(exc)) from None
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging, plus the service's own INFO lines (no patient data in them)."""
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the service's own lines at `level` (PERSONALIZE_LOG_LEVEL;
+    no patient data in them)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = deepcopy(LOGGING_CONFIG)
     config["loggers"]["personalize"] = {
         "handlers": ["default"],
-        "level": os.environ.get("PERSONALIZE_LOG_LEVEL", "INFO").upper(),
+        "level": level.upper(),
         "propagate": False,
     }
     return config
@@ -88,7 +89,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_config=log_config(),
+            log_config=log_config(settings.log_level),
         )
         server = uvicorn.Server(config)
         if workers > 1:  # what uvicorn.run does, with the socket above

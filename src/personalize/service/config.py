@@ -1,49 +1,38 @@
 """Every setting of the service, read from the environment in one place.
 
-`Settings.from_env()` is the only reader of ``PERSONALIZE_*`` (and ``MLFLOW_TRACKING_URI``)
-variables; everything else receives a `Settings` object. docs/service.md lists them all.
+`Settings` (pydantic-settings) reads ``PERSONALIZE_<FIELD>`` for each field below, and
+``MLFLOW_TRACKING_URI`` when ``PERSONALIZE_TRACKING_URI`` is unset; an empty variable counts
+as unset. Everything else receives a `Settings` object; `Settings.from_env` is the entry
+point that turns an invalid value into a `SettingsError` naming the variable.
+docs/service.md lists them all.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "PERSONALIZE_"
 DEFAULT_PIPELINE = "pipelines/stamp.yaml"
 DEFAULT_CDS_SERVICE_ID = "personalize-recommendation"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-# environment variable -> Settings field
-ENV = {
-    "PERSONALIZE_MODEL_URI": "model_uri",
-    "PERSONALIZE_PIPELINE": "pipeline",
-    "PERSONALIZE_TRACKING_URI": "tracking_uri",
-    "MLFLOW_TRACKING_URI": "tracking_uri",
-    "PERSONALIZE_DATABASE_URL": "database_url",
-    "PERSONALIZE_CACHE_DIR": "cache_dir",
-    "PERSONALIZE_POLL_SECONDS": "poll_seconds",
-    "PERSONALIZE_RETRY_SECONDS": "retry_seconds",
-    "PERSONALIZE_REGISTRY_TIMEOUT": "registry_timeout",
-    "PERSONALIZE_BATCH_MAX": "batch_max",
-    "PERSONALIZE_MAX_BODY_BYTES": "max_body_bytes",
-    "PERSONALIZE_EXPLAIN": "explain",
-    "PERSONALIZE_PSEUDONYM_SECRET": "pseudonym_secret",
-    "PERSONALIZE_FHIR_MAPPING": "fhir_mapping",
-    "PERSONALIZE_CDS_SERVICE_ID": "cds_service_id",
-    "PERSONALIZE_PAGE_DIR": "page_dir",
-}
 
 
 class SettingsError(Exception):
     """A setting that cannot be used; the message names the variable and the reason."""
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+    )
 
     model_uri: str | None = Field(
         default=None,
@@ -55,7 +44,9 @@ class Settings(BaseModel):
         description="pipeline file whose registry.model_name names the default model",
     )
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default the SQLite store under models/"
+        default=None,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking URI; default the SQLite store under models/",
     )
     database_url: str | None = Field(
         default=None,
@@ -94,37 +85,34 @@ class Settings(BaseModel):
     page_dir: Path = Field(
         default=PACKAGE_DIR / "page", description="static files of the clinician page"
     )
+    log_level: str = Field(
+        default="INFO", description="level of the `personalize` logger under `personalize serve`"
+    )
 
     @field_validator("model_uri")
     @classmethod
     def _model_uri(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from personalize.service.holder import parse_model_uri
+        # personalize.registry imports MLflow (seconds): only when a model URI is given
+        from personalize.registry import ModelRef
 
-        parse_model_uri(value)  # raises ValueError with the reason
+        ModelRef.parse(value)  # raises ValueError with the reason
         return value
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from environment variables (see ENV), then explicit overrides."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        source: dict[str, str] = {}
-        for var, name in ENV.items():
-            raw = env.get(var)
-            if raw is None or raw == "" or name in values:
-                continue
-            values[name] = raw
-            source[name] = var
-        values.update({k: v for k, v in overrides.items() if v is not None})
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, then explicit overrides (None: not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls.model_validate(values)
+            return cls(**given)
         except ValidationError as exc:
             problems = []
             for err in exc.errors(include_url=False, include_input=False):
-                field = str(err["loc"][0]) if err["loc"] else "(settings)"
-                problems.append(f"{source.get(field, field)}: {err['msg']}")
+                where = str(err["loc"][0]) if err["loc"] else "(settings)"
+                if where in cls.model_fields and where not in given:
+                    where = f"{ENV_PREFIX}{where.upper()}"  # the variable it came from
+                problems.append(f"{where}: {err['msg']}")
             raise SettingsError("invalid service settings: " + "; ".join(problems)) from None
 
     # ------------------------------------------------------------------ derived values
@@ -132,7 +120,7 @@ class Settings(BaseModel):
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        from personalize.registry import default_tracking_uri
+        from personalize.registry import default_tracking_uri  # MLflow: see _model_uri
 
         return default_tracking_uri()
 
@@ -147,7 +135,9 @@ class Settings(BaseModel):
         """The configured model URI, or models:/<the pipeline's model name>@champion."""
         if self.model_uri:
             return self.model_uri
+        # the pipeline schema loads the learners (LightGBM), the registry MLflow: seconds
         from personalize.config import PipelineError, load_pipeline
+        from personalize.registry import ModelRef
 
         try:
             spec = load_pipeline(self.pipeline)
@@ -156,4 +146,4 @@ class Settings(BaseModel):
                 f"no model URI: set PERSONALIZE_MODEL_URI (or --model), or point "
                 f"PERSONALIZE_PIPELINE at a pipeline file ({exc})"
             ) from None
-        return f"models:/{spec.registry.model_name}@champion"
+        return ModelRef.champion(spec).uri

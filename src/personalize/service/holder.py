@@ -30,6 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from personalize import registry
+from personalize.registry import ModelRef, RegistryError
+from personalize.service.config import Settings
 from personalize.service.schemas import (
     SYNTHETIC_NOTICE,
     Contract,
@@ -39,37 +42,14 @@ from personalize.service.schemas import (
 
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel
-    from personalize.service.config import Settings
 
-log = logging.getLogger("personalize.service.registry")
+log = logging.getLogger("personalize.service.holder")
 
 CACHE_FILE = "model.joblib"
 META_FILE = "meta.json"
 KEEP_CACHED_VERSIONS = 5
 SIGNAL_SECONDS = 1.0  # how often each process looks for a reload asked of another
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed models:/ URI: a name with either an alias or a version."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @property
-    def slug(self) -> str:
-        return f"alias-{self.alias}" if self.alias else f"version-{self.version}"
-
-
-def parse_model_uri(uri: str) -> ModelRef:
-    match = _URI.match(uri)
-    if not match:
-        raise ValueError(
-            f"model URI {uri!r} is not models:/<name>@<alias> or models:/<name>/<version>"
-        )
-    return ModelRef(match["name"], match["alias"], match["version"])
+RELOAD = "model_reload"  # the signal a reload raises for the other workers and replicas
 
 
 @dataclass(frozen=True)
@@ -154,10 +134,6 @@ class LoadedModel:
         return card
 
 
-class RegistryError(Exception):
-    """The registry could not be reached or has no such model."""
-
-
 @dataclass(frozen=True)
 class RefreshResult:
     changed: bool
@@ -182,7 +158,7 @@ class ModelHolder:
         self.settings = settings
         self._reload_signal = reload_signal
         self.model_uri = settings.resolved_model_uri()
-        self.ref = parse_model_uri(self.model_uri)
+        self.ref = ModelRef.parse(self.model_uri)
         self.tracking_uri = settings.resolved_tracking_uri()
         self.cache_dir = Path(settings.cache_dir).resolve()
         self._current: LoadedModel | None = None
@@ -303,29 +279,12 @@ class ModelHolder:
 
     # ------------------------------------------------------------------ loading
 
-    def resolve(self) -> tuple[str, str, str | None]:
-        """(name, version, run id) the configured URI points at now."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.tracking_uri)
-        try:
-            if self.ref.alias is not None:
-                mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
-            else:
-                assert self.ref.version is not None
-                mv = client.get_model_version(self.ref.name, self.ref.version)
-        except MlflowException as exc:
-            raise RegistryError(f"{self.model_uri}: {exc.message}") from None
-        except Exception as exc:  # network, database
-            raise RegistryError(f"{self.model_uri}: {type(exc).__name__}: {exc}") from None
-        return str(mv.name), str(mv.version), mv.run_id
-
     def refresh(self) -> RefreshResult:
         """Check the registry; when it points elsewhere than the current model (or only the
         cached copy is loaded), load the new version beside the current one and swap."""
         with self._refresh_lock:
-            name, version, run_id = self.resolve()
+            found = registry.resolve(self.ref, self.tracking_uri)
+            name, version = found.name, found.version
             previous = self._current
             if (
                 previous is not None
@@ -334,10 +293,8 @@ class ModelHolder:
                 and previous.version == version
             ):
                 return RefreshResult(False, previous, previous)
-            from personalize import registry
-
             try:
-                model = registry.load_model(f"models:/{name}/{version}", self.tracking_uri)
+                model = registry.load_model(found.uri, self.tracking_uri)
             except Exception as exc:
                 raise RegistryError(
                     f"could not load {name} version {version}: {type(exc).__name__}: {exc}"
@@ -346,7 +303,7 @@ class ModelHolder:
                 model,
                 name=name,
                 version=version,
-                run_id=run_id,
+                run_id=found.run_id,
                 source="registry",
                 model_uri=self.model_uri,
             )
@@ -385,6 +342,11 @@ class ModelHolder:
     def _model_dir(self, name: str) -> Path:
         return self.cache_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
+    def _pointer(self, base: Path) -> Path:
+        """The file naming the version last loaded for this URI's alias or version."""
+        ref = self.ref
+        return base / (f"alias-{ref.alias}.json" if ref.alias else f"version-{ref.version}.json")
+
     def write_cache(self, loaded: LoadedModel) -> None:
         """Keep a copy of the model and point this URI's entry at it (atomic renames, so
         concurrent workers and a crash mid-write never leave a half-written cache)."""
@@ -414,7 +376,7 @@ class ModelHolder:
         fd, tmp_pointer = tempfile.mkstemp(prefix=".tmp-", dir=base)
         with os.fdopen(fd, "w") as fh:
             json.dump(pointer, fh)
-        os.replace(tmp_pointer, base / f"{self.ref.slug}.json")
+        os.replace(tmp_pointer, self._pointer(base))
         self._prune(base)
 
     def _prune(self, base: Path) -> None:
@@ -435,7 +397,7 @@ class ModelHolder:
         """The last model cached for this URI, or None."""
         import joblib
 
-        pointer = self._model_dir(self.ref.name) / f"{self.ref.slug}.json"
+        pointer = self._pointer(self._model_dir(self.ref.name))
         try:
             meta = json.loads(pointer.read_text())
             path = self._model_dir(self.ref.name) / f"v{meta['version']}" / CACHE_FILE

@@ -10,9 +10,9 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import HTTPException, status
 from sqlalchemy.exc import SQLAlchemyError
 
 from personalize.service import metrics
@@ -20,42 +20,12 @@ from personalize.service.audit import AuditEntry, AuditRequest, Database
 from personalize.service.auth import Principal
 from personalize.service.batching import Batcher
 from personalize.service.config import Settings
-from personalize.service.holder import LoadedModel, ModelHolder
+from personalize.service.holder import LoadedModel
 from personalize.service.schemas import Recommendation, finite, recommendation_from_row
 
 log = logging.getLogger("personalize.service")
 
 NUMBERS = ("outcome_control", "outcome_treatment", "benefit", "benefit_lower", "benefit_upper")
-
-
-# Dependencies that only read app state are coroutines: FastAPI runs plain functions in its
-# thread pool, a hop per dependency per request that costs more than the work.
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_holder(request: Request) -> ModelHolder:
-    holder: ModelHolder = request.app.state.holder
-    return holder
-
-
-async def current_model(holder: Annotated[ModelHolder, Depends(get_holder)]) -> LoadedModel:
-    """The model this request uses from start to end (read once: a swap during the request
-    does not affect it)."""
-    loaded = holder.current
-    if loaded is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"no model loaded yet: {holder.status}",
-            headers={"Retry-After": str(int(holder.settings.retry_seconds) or 1)},
-        )
-    return loaded
-
-
-CurrentModel = Annotated[LoadedModel, Depends(current_model)]
 
 Row = dict[str, Any]
 
@@ -154,20 +124,15 @@ def answer(
     ]
 
 
-def scoring_thread(settings: Settings, database: Database) -> Batcher[Ask, list[Row]]:
+ScoringThread = Batcher[Ask, list[Row]]
+
+
+def scoring_thread(settings: Settings, database: Database) -> ScoringThread:
     return Batcher(
         functools.partial(answer, explain=settings.explain, database=database),
         size=lambda ask: len(ask.patients),
         max_patients=settings.batch_max,
     )
-
-
-async def get_scorer(request: Request) -> Batcher[Ask, list[Row]]:
-    scorer: Batcher[Ask, list[Row]] = request.app.state.scorer
-    return scorer
-
-
-Scorer = Annotated[Batcher[Ask, list[Row]], Depends(get_scorer)]
 
 
 async def recommend(
@@ -177,7 +142,7 @@ async def recommend(
     *,
     channel: str,
     principal: Principal,
-    scorer: Batcher[Ask, list[Row]],
+    scorer: ScoringThread,
 ) -> list[Recommendation]:
     """Score and audit (in the scoring thread, batched with concurrent requests; the event
     loop serves others meanwhile), count, convert."""

@@ -337,6 +337,31 @@ class Contract:
             ) from None
         return obj.model_dump(by_alias=True)
 
+    def validate_batch(self, body: BatchRequest) -> list[dict[str, Any]]:
+        """Every patient of a batch, or PatientInvalid naming every problem of every patient
+        (and a `patient_refs` list that does not match the patients one to one)."""
+        refs = body.patient_refs
+        found: list[dict[str, Any]] = []
+        if refs is not None and len(refs) != len(body.patients):
+            found.append(
+                {
+                    "loc": ["body", "patient_refs"],
+                    "field": "patient_refs",
+                    "msg": f"{len(refs)} references for {len(body.patients)} patients; give one "
+                    "per patient (null where there is none) or leave it out",
+                    "type": "length_mismatch",
+                }
+            )
+        patients = []
+        for i, raw in enumerate(body.patients):
+            try:
+                patients.append(self.validate(raw, ("body", "patients", i)))
+            except PatientInvalid as exc:
+                found += exc.problems
+        if found:
+            raise PatientInvalid(found)
+        return patients
+
     @functools.cached_property
     def _levels(self) -> dict[str, tuple[pd.CategoricalDtype, dict[str, int]]]:
         """Per categorical field: its dtype (one instance, so frames share it) and codes."""

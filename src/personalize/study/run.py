@@ -28,7 +28,7 @@ from personalize import training
 from personalize.config import Pipeline, load_pipeline
 from personalize.data.simulate import simulate
 from personalize.data.validate import feature_frame, prepare
-from personalize.learners import learner_class, make_learner
+from personalize.learners import make_learner
 from personalize.study.peers import PEERS, peer_data, run_peer
 from personalize.study.truth import (
     DEFAULT_PIPELINES,
@@ -147,24 +147,8 @@ def run_ours(
         pred.extra["_coef_var"] = model.benefit_calibration.coefficient_var(raw)
         pred.extra["_oof_raw_var"] = float(result.candidates[result.chosen].tau_raw.var())
         pred.extra["_candidates"] = candidate_benefits(result, pipeline, X)
-        pred.extra["sel_one_se"] = one_se_choice(result)
+        pred.extra["sel_one_se"] = result.chosen  # the one-SE rule is the product's choice
     return pred, result
-
-
-def one_se_choice(result: TrainResult) -> str:
-    """Experiment (not product behaviour): the one-standard-error rule on the out-of-fold
-    DR-loss. The simplest candidate whose loss exceeds the best one's by less than one
-    standard error of the paired per-patient loss difference; the gaps between candidates
-    at trial size are usually smaller than that noise, and then the pre-specified simpler
-    model should win."""
-    losses = {k: (result.scores - c.tau) ** 2 for k, c in result.candidates.items()}
-    best = min(losses, key=lambda k: float(losses[k].mean()))
-    order = sorted(losses, key=lambda k: learner_class(k).complexity)
-    for name in order:
-        diff = losses[name] - losses[best]
-        if diff.mean() <= diff.std(ddof=1) / np.sqrt(len(diff)):
-            return name
-    return best
 
 
 def candidate_benefits(

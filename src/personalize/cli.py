@@ -192,7 +192,7 @@ def promote(
         fail(f"not promoted: {exc}", code=1)
     for check in checks:
         out.print(f"  passed: {check}", highlight=False)
-    out.print(f"{name} version {version} is now 'champion'", highlight=False)
+    out.print(f"{name} version {version} is now {registry.CHAMPION!r}", highlight=False)
 
 
 def _load(pipeline: Path, cohort: Path | None) -> tuple[Pipeline, pd.DataFrame]:

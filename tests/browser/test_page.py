@@ -1,4 +1,4 @@
-"""The clinician page (issue 7) in a real browser: Debian's Chromium driven by Playwright for
+"""The clinician page in a real browser: Debian's Chromium driven by Playwright for
 Python (no browser download), against a real `personalize serve` on loopback with a demo
 model trained in this test session.
 
@@ -61,6 +61,20 @@ PATIENT: dict[str, Any] = {
     "delivery": "remote",
 }
 PREFERENCE = ("treatment_preference", "CBT")
+CARD_SECTIONS = [
+    "Intended use",
+    "Population",
+    "Outcome",
+    "Data source",
+    "Missing outcomes",
+    "Learners compared",
+    "Calibration and discrimination per arm",
+    "Heterogeneity evidence",
+    "Decision rule",
+    "Explanations",
+    "Subgroup performance",
+    "Limitations",
+]
 
 
 # --------------------------------------------------------------------------- the service
@@ -654,9 +668,13 @@ def test_keyboard_only_use(tab: Tab, service: Service) -> None:
     assert page.evaluate("document.activeElement.id") == "open-card"
     keyboard.press("Enter")
     card = page.locator("#card-body")
-    card.get_by_role("heading", name=f"Model card: {MODEL}").wait_for()
+    card.get_by_role("heading", name=f"Model card: {MODEL}", level=2).wait_for()
     assert "SYNTHETIC DATA" in card.locator("blockquote").first.inner_text()
     assert card.locator("table").count() >= 3
+    # the card's sections, as the service's HTML card gives them
+    assert card.get_by_role("heading", level=3).all_inner_texts() == CARD_SECTIONS
+    assert card.locator("script, style, [style]").count() == 0
+    screenshot(page, "model-card.png")
     assert (page.locator("#card-download").get_attribute("href") or "").startswith("blob:")
     assert page.evaluate("document.activeElement.id") == "card-close"
     keyboard.press("Escape")

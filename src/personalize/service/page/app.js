@@ -1,10 +1,11 @@
-/* The clinician page (issue 7): one patient's recommendation at a glance.
+/* The clinician page: one patient's recommendation at a glance.
  *
  * Plain JavaScript, no build step, no external network: everything comes from this service.
  *   GET  /readyz                  (open)  model block, for the synthetic-data banner
  *   GET  /v1/schema               (key)   the loaded model's patient fields -> the form
  *   POST /v1/recommendations      (key)   the estimate; 422 lists {loc, field, msg, type}
- *   GET  /v1/model?format=markdown (key)  the model card
+ *   GET  /v1/model?format=html    (key)   the model card, shown in a dialog
+ *   GET  /v1/model?format=markdown (key)  the same card, for its download
  * The API key is kept in sessionStorage (this tab, until it is closed) and sent as
  * "Authorization: Bearer <key>". Untrusted text is only ever inserted as text nodes.
  */
@@ -23,7 +24,7 @@
     preference: null, // FieldInfo of the preference field
     result: null, // last Recommendation
     busy: false,
-    card: null, // {key, markdown}
+    card: null, // {key, html, markdown}
   };
 
   const $ = (id) => document.getElementById(id);
@@ -1196,8 +1197,11 @@
       body.replaceChildren(h("p", {}, "Loading the model card…"));
       if (!dialog.open) dialog.showModal();
       try {
-        const markdown = await api("/v1/model?format=markdown", { accept: "text/markdown" });
-        state.card = { key: cacheKey, markdown: String(markdown) };
+        const [html, markdown] = await Promise.all([
+          api("/v1/model?format=html", { accept: "text/html" }),
+          api("/v1/model?format=markdown", { accept: "text/markdown" }),
+        ]);
+        state.card = { key: cacheKey, html: String(html), markdown: String(markdown) };
       } catch (err) {
         body.replaceChildren(h("p", { class: "alert alert-error" }, err.message));
         if (err.status === 401) {
@@ -1208,7 +1212,7 @@
         return;
       }
     }
-    body.replaceChildren(renderMarkdown(state.card.markdown));
+    body.replaceChildren(cardNodes(state.card.html));
     const download = $("card-download");
     if (download.dataset.url) URL.revokeObjectURL(download.dataset.url);
     const url = URL.createObjectURL(new Blob([state.card.markdown], { type: "text/markdown" }));
@@ -1221,133 +1225,36 @@
     $("card-close").focus();
   }
 
-  // A small, safe Markdown renderer for the model card: headings, paragraphs, lists,
-  // block quotes, tables, code; inline bold, italics, code and links. Text nodes only.
+  // The service renders the card as an escaped HTML fragment. It is parsed inert (DOMParser
+  // runs nothing) and rebuilt from the elements and attributes a card uses; anything else
+  // keeps only its text, and scripts, styles and embedded content are dropped.
+  const CARD_ELEMENTS = new Set([
+    "article", "section", "h2", "h3", "p", "ul", "li", "strong", "em", "code", "blockquote",
+    "div", "table", "thead", "tbody", "tr", "th", "td",
+  ]);
+  const CARD_ATTRIBUTES = new Set(["class", "scope", "tabindex"]);
+  const CARD_DROPPED = new Set(["script", "style", "template", "iframe", "object", "embed", "svg", "math"]);
 
-  function renderInline(text) {
+  function cardNodes(html) {
+    const parsed = new DOMParser().parseFromString(html, "text/html");
     const out = document.createDocumentFragment();
-    const pattern = /(`[^`]+`)|(\*\*[^*]+\*\*)|(\*[^*\s][^*]*\*)|(\[[^\]]+\]\([^)\s]+\))|(\\[|*_`\\[\]])/g;
-    let last = 0;
-    let match;
-    while ((match = pattern.exec(text)) !== null) {
-      if (match.index > last) out.append(text.slice(last, match.index));
-      const token = match[0];
-      if (match[1]) out.append(h("code", {}, token.slice(1, -1)));
-      else if (match[2]) out.append(h("strong", {}, renderInline(token.slice(2, -2))));
-      else if (match[3]) out.append(h("em", {}, renderInline(token.slice(1, -1))));
-      else if (match[4]) {
-        const [, label, href] = token.match(/^\[([^\]]+)\]\(([^)\s]+)\)$/);
-        if (/^(https?:|\/|#)/i.test(href)) {
-          out.append(h("a", { href, rel: "noopener noreferrer", target: href.startsWith("#") ? null : "_blank" }, label));
-        } else {
-          out.append(label);
-        }
-      } else if (match[5]) out.append(token.slice(1));
-      last = pattern.lastIndex;
-    }
-    if (last < text.length) out.append(text.slice(last));
+    out.append(...[...parsed.body.childNodes].flatMap(cardNode));
     return out;
   }
 
-  function splitRow(line) {
-    const cells = [];
-    let cell = "";
-    const body = line.trim().replace(/^\|/, "").replace(/\|$/, "");
-    for (let i = 0; i < body.length; i += 1) {
-      if (body[i] === "\\" && body[i + 1] === "|") {
-        cell += "\\|";
-        i += 1;
-      } else if (body[i] === "|") {
-        cells.push(cell.trim());
-        cell = "";
-      } else {
-        cell += body[i];
-      }
+  function cardNode(node) {
+    if (node.nodeType === Node.TEXT_NODE) return [document.createTextNode(node.data)];
+    if (node.nodeType !== Node.ELEMENT_NODE) return [];
+    const tag = node.localName;
+    if (CARD_DROPPED.has(tag)) return [];
+    const children = [...node.childNodes].flatMap(cardNode);
+    if (!CARD_ELEMENTS.has(tag)) return children;
+    const copy = document.createElement(tag);
+    for (const { name, value } of node.attributes) {
+      if (CARD_ATTRIBUTES.has(name)) copy.setAttribute(name, value);
     }
-    cells.push(cell.trim());
-    return cells;
-  }
-
-  function renderMarkdown(markdown) {
-    const root = document.createDocumentFragment();
-    const lines = String(markdown).replace(/\r\n?/g, "\n").split("\n");
-    let i = 0;
-    const isTableSep = (line) => /^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$/.test(line);
-    while (i < lines.length) {
-      const line = lines[i];
-      if (!line.trim()) {
-        i += 1;
-        continue;
-      }
-      const heading = line.match(/^(#{1,6})\s+(.*)$/);
-      if (heading) {
-        const level = Math.min(6, Math.max(3, heading[1].length + 1));
-        root.append(h(`h${level}`, {}, renderInline(heading[2])));
-        i += 1;
-        continue;
-      }
-      if (line.startsWith("```")) {
-        const code = [];
-        i += 1;
-        while (i < lines.length && !lines[i].startsWith("```")) code.push(lines[i++]);
-        i += 1;
-        root.append(h("pre", {}, h("code", {}, code.join("\n"))));
-        continue;
-      }
-      if (line.startsWith(">")) {
-        const quote = [];
-        while (i < lines.length && lines[i].startsWith(">")) quote.push(lines[i++].replace(/^>\s?/, ""));
-        root.append(h("blockquote", {}, renderMarkdown(quote.join("\n"))));
-        continue;
-      }
-      if (line.trim().startsWith("|") && i + 1 < lines.length && isTableSep(lines[i + 1])) {
-        const head = splitRow(line);
-        i += 2;
-        const rows = [];
-        while (i < lines.length && lines[i].trim().startsWith("|")) rows.push(splitRow(lines[i++]));
-        const table = h("table", {},
-          head.some((c) => c) ? h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, renderInline(c))))) : null,
-          h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, renderInline(c)))))));
-        root.append(h("div", { class: "table-wrap", tabindex: "0" }, table));
-        continue;
-      }
-      if (/^\s*([-*]|\d+\.)\s+/.test(line)) {
-        const items = [];
-        while (i < lines.length && /^\s*([-*]|\d+\.)\s+/.test(lines[i])) {
-          const m = lines[i].match(/^(\s*)([-*]|\d+\.)\s+(.*)$/);
-          items.push({ indent: m[1].length, ordered: /\d/.test(m[2]), text: m[3] });
-          i += 1;
-        }
-        root.append(buildList(items, 0).node);
-        continue;
-      }
-      const para = [];
-      while (i < lines.length && lines[i].trim() && !/^(#{1,6}\s|>|```|\s*([-*]|\d+\.)\s+)/.test(lines[i]) &&
-        !(lines[i].trim().startsWith("|") && i + 1 < lines.length && isTableSep(lines[i + 1]))) {
-        para.push(lines[i++].trim());
-      }
-      root.append(h("p", {}, renderInline(para.join(" "))));
-    }
-    return root;
-  }
-
-  function buildList(items, start) {
-    const base = items[start].indent;
-    const list = h(items[start].ordered ? "ol" : "ul", {});
-    let i = start;
-    let lastItem = null;
-    while (i < items.length && items[i].indent >= base) {
-      if (items[i].indent > base && lastItem) {
-        const nested = buildList(items, i);
-        lastItem.append(nested.node);
-        i = nested.next;
-        continue;
-      }
-      lastItem = h("li", {}, renderInline(items[i].text));
-      list.append(lastItem);
-      i += 1;
-    }
-    return { node: list, next: i };
+    copy.append(...children);
+    return [copy];
   }
 
   // ----------------------------------------------------------------------- start

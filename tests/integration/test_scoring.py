@@ -20,8 +20,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from personalize import fast_trees, registry
@@ -30,7 +28,6 @@ from personalize.cli import app
 from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
 from personalize.data.table import write_table
-from personalize.data.validate import _as_number
 from personalize.model import PersonalizeModel
 from personalize.stats.prognosis import Prognosis
 
@@ -453,27 +450,6 @@ def test_prognosis_is_batch_invariant_and_equals_scikit_learn() -> None:
     assert np.array_equal(whole, parts)
     sk = prog.model_.predict_proba(prog.design_.transform(X))[:, 1]
     assert np.abs(whole - sk).max() < 1e-15
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.none(),
-            st.floats(allow_nan=True, allow_infinity=True).map(repr),
-            st.integers(-(10**6), 10**6).map(str),
-            st.text(alphabet=" \t0123456789.eE+-infaINFnNA,_x", max_size=8),
-        ),
-        min_size=1,
-        max_size=30,
-    )
-)
-def test_numbers_are_read_as_validate_reads_them(cells: list[str | None]) -> None:
-    col = pd.Series(cells, dtype=object)
-    ours, bad = scoring._number(col)
-    theirs, their_bad = _as_number(col)
-    assert np.array_equal(bad, their_bad.to_numpy())
-    assert np.array_equal(ours, theirs.to_numpy(dtype=float), equal_nan=True)
 
 
 def test_seen_ids_flag_repeats_across_chunks() -> None:

@@ -55,8 +55,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from personalize import fast_trees
-from personalize.config import CategoricalFeature, NumericFeature, Pipeline
-from personalize.data.validate import NO_PREFERENCE
+from personalize.config import Pipeline
+from personalize.data.cells import CellProblem, read_cells
+from personalize.data.table import MISSING_MARKERS
 from personalize.learners import ARM_DRIVER
 from personalize.model import PersonalizeModel, Predictions
 
@@ -65,29 +66,6 @@ log = logging.getLogger("personalize.batch.scoring")
 FORMATS = (".csv", ".parquet")
 DEFAULT_CHUNK = 50_000
 EMPTY_ROW = "(row)"
-# pandas' default missing-value markers (read_csv keep_default_na), so the scorer reads a
-# CSV cell as missing exactly where `personalize validate` does
-NA_VALUES = [
-    "",
-    "#N/A",
-    "#N/A N/A",
-    "#NA",
-    "-1.#IND",
-    "-1.#QNAN",
-    "-NaN",
-    "-nan",
-    "1.#IND",
-    "1.#QNAN",
-    "<NA>",
-    "N/A",
-    "NA",
-    "NULL",
-    "NaN",
-    "None",
-    "n/a",
-    "nan",
-    "null",
-]
 REJECT_FIELDS = ["row", "line", "column", "value", "reason", "other_problems"]
 
 
@@ -171,44 +149,6 @@ class SeenIds:
         return dup
 
 
-def _text(col: pd.Series) -> pd.Series:
-    """Stripped text, missing where empty (as `personalize validate` reads cells)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        col = col.astype(object)
-    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-        values = col.astype(object).where(col.notna(), None).tolist()
-        text = pd.Series([None if v is None else str(v) for v in values], dtype="string")
-    else:
-        text = col.astype("string")
-    text = text.str.strip()
-    return text.where(text.notna() & (text != ""), pd.NA)
-
-
-def _objects(text: pd.Series) -> np.ndarray:
-    """Object array of the values, None where missing."""
-    values = text.to_numpy(dtype=object)
-    values[pd.isna(values)] = None
-    return values
-
-
-def _number(col: pd.Series, text: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(values with NaN where missing or bad, mask of present-but-not-finite cells);
-    `text` is `_text(col)` when already computed."""
-    if pd.api.types.is_bool_dtype(col):
-        return col.to_numpy(dtype=float, na_value=np.nan), np.zeros(len(col), dtype=bool)
-    if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
-        values = col.to_numpy(dtype=float, na_value=np.nan)
-        bad = np.isinf(values)
-    else:
-        text = _text(col) if text is None else text
-        present = text.notna().to_numpy()
-        parsed = pd.to_numeric(_objects(text), errors="coerce")
-        values = np.asarray(parsed, dtype=float)
-        bad = present & ~np.isfinite(values)
-    values = np.where(bad, np.nan, values)
-    return values, bad
-
-
 @dataclass
 class Checked:
     """One chunk after checking: the typed frame of its good rows and its rejects."""
@@ -220,6 +160,8 @@ class Checked:
 
 
 class _Problems:
+    """Each row's first problem (column, value, reason) and the rest as text."""
+
     def __init__(self, n: int) -> None:
         self.column = np.full(n, None, dtype=object)
         self.value = np.full(n, None, dtype=object)
@@ -227,15 +169,16 @@ class _Problems:
         self.more: dict[int, list[str]] = {}
         self.bad = np.zeros(n, dtype=bool)
 
-    def add(self, mask: np.ndarray, column: str, reason: str, values: Any = None) -> None:
-        first = np.flatnonzero(mask & ~self.bad)
-        self.column[first] = column
-        self.reason[first] = reason
+    def add(self, rows: np.ndarray, column: str, reason: str, values: Any = None) -> None:
+        """`rows`: positions in the chunk; `values`: the cells shown, one per row."""
+        first = ~self.bad[rows]
+        self.column[rows[first]] = column
+        self.reason[rows[first]] = reason
         if values is not None:
-            self.value[first] = np.asarray(values, dtype=object)[first]
-        for i in np.flatnonzero(mask & self.bad).tolist():
+            self.value[rows[first]] = np.asarray(values, dtype=object)[first]
+        for i in rows[~first].tolist():
             self.more.setdefault(i, []).append(f"{column}: {reason}")
-        self.bad |= mask
+        self.bad[rows] = True
 
 
 def check_chunk(
@@ -246,62 +189,41 @@ def check_chunk(
 ) -> Checked:
     """Check one chunk of raw rows (text or typed cells). `rows` are their 1-based row
     numbers; `repeated(ids, positions)` says which of the ids (at those positions of the
-    chunk) appeared on an earlier row (the engine keeps track)."""
+    chunk) appeared on an earlier row (the engine keeps track).
+
+    The cells are read and judged as `personalize validate` reads them (`read_cells`);
+    an empty row is one problem, and an id seen on an earlier row is another."""
     n = len(raw)
-    raw = raw.reset_index(drop=True)
-    p = _Problems(n)
     id_col = pipeline.cohort.id
     cols = required_columns(pipeline)
-    texts: dict[str, pd.Series] = {}
+    cells = read_cells(raw[cols], pipeline)  # a referral list's arm or outcomes are not read
+    p = _Problems(n)
 
-    present = np.zeros(n, dtype=bool)
-    for name in cols:
-        col = raw[name]
-        numeric = isinstance(pipeline.features.get(name), NumericFeature)
-        if numeric and pd.api.types.is_numeric_dtype(col):
-            present |= col.notna().to_numpy()
-        else:
-            texts[name] = _text(col)
-            present |= texts[name].notna().to_numpy()
-    p.add(~present, EMPTY_ROW, "empty row: no id and no values")
-    live = present
+    empty = np.logical_and.reduce([cells.blank[name] for name in cols])
+    p.add(np.flatnonzero(empty), EMPTY_ROW, "empty row: no id and no values")
 
-    ids = texts[id_col] if id_col in texts else _text(raw[id_col])
-    has_id = ids.notna().to_numpy()
-    p.add(live & ~has_id, id_col, "missing patient id")
-    dup = np.zeros(n, dtype=bool)
-    idx = np.flatnonzero(live & has_id)
-    id_values = _objects(ids)
-    dup[idx] = repeated(id_values[idx], idx)
-    p.add(dup, id_col, "duplicate patient id (an earlier row has the same id)", ids)
+    def add(problem: CellProblem) -> None:
+        live = ~empty[problem.rows]  # an empty row is one problem, not one per column
+        values = None if problem.values is None else problem.values[live]
+        p.add(problem.rows[live], problem.column, problem.reason, values)
 
-    typed: dict[str, Any] = {id_col: id_values}
-    for name, spec in pipeline.features.items():
-        col = raw[name]
-        if isinstance(spec, NumericFeature):
-            values, bad = _number(col, texts.get(name))
-            shown = texts[name] if name in texts else col.astype(object)
-            p.add(live & bad, name, "not a finite number", shown)
-            if spec.min is not None:
-                low = live & (values < spec.min)
-                p.add(low, name, f"below the declared minimum {spec.min:g}", shown)
-            if spec.max is not None:
-                high = live & (values > spec.max)
-                p.add(high, name, f"above the declared maximum {spec.max:g}", shown)
-            typed[name] = values
-        else:
-            assert isinstance(spec, CategoricalFeature)
-            text = texts[name]
-            unknown = (text.notna() & ~text.isin(spec.levels)).to_numpy()
-            p.add(live & unknown, name, f"unknown level; declared levels {spec.levels}", text)
-            typed[name] = pd.Categorical(text.where(~unknown, None), categories=spec.levels)
+    for problem in cells.problems:
+        if problem.column == id_col:
+            add(problem)
+    ids = cells.text[id_col]
+    idx = np.flatnonzero(~empty & ~cells.blank[id_col])
+    dup = idx[repeated(ids[idx], idx)]
+    p.add(dup, id_col, "duplicate patient id (an earlier row has the same id)", ids[dup])
+    for problem in cells.problems:
+        if problem.column != id_col:
+            add(problem)
+
+    typed: dict[str, Any] = {id_col: ids}
+    for name in pipeline.features:
+        typed[name] = cells.numbers[name] if name in cells.numbers else cells.categories[name]
     pref = pipeline.cohort.preference
     if pref and pref not in pipeline.features:
-        text = texts[pref]
-        allowed = [*pipeline.cohort.arm.labels, NO_PREFERENCE]
-        unknown = (text.notna() & ~text.isin(allowed)).to_numpy()
-        p.add(live & unknown, pref, f"preference must be one of {allowed}", text)
-        typed[pref] = _objects(text)
+        typed[pref] = cells.text[pref]
 
     good = ~p.bad
     frame = pd.DataFrame(typed).loc[good].reset_index(drop=True)
@@ -310,7 +232,7 @@ def check_chunk(
         {
             "row": rows[bad].astype(np.int64),
             "line": pd.array([None] * len(bad), dtype="Int64"),
-            id_col: id_values[bad],
+            id_col: ids[bad],
             "column": p.column[bad],
             "value": [None if v is None or v is pd.NA or v != v else str(v) for v in p.value[bad]],
             "reason": p.reason[bad],
@@ -510,7 +432,7 @@ def _open_source(path: Path, columns: list[str], chunk: int, stack: ExitStack) -
             convert_options=pcsv.ConvertOptions(
                 column_types={c: pa.string() for c in header},
                 include_columns=columns,
-                null_values=NA_VALUES,
+                null_values=MISSING_MARKERS,
                 strings_can_be_null=True,
             ),
         )

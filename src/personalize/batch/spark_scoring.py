@@ -36,8 +36,6 @@ from personalize.batch.scoring import (
     ResolvedModel,
     ScoreSummary,
     ScoringError,
-    _objects,
-    _text,
     default_rejects_path,
     output_schema,
     peak_rss_mib,
@@ -45,6 +43,7 @@ from personalize.batch.scoring import (
     required_columns,
     score_frame,
 )
+from personalize.data.cells import read_text, text_values
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -180,7 +179,7 @@ def _flag_repeats(df: DataFrame, id_col: str) -> DataFrame:
 
     @pandas_udf("string")  # type: ignore[call-overload]
     def normalised(ids: pd.Series) -> pd.Series:
-        return pd.Series(_objects(_text(ids)), dtype=object)
+        return pd.Series(text_values(read_text(ids)), dtype=object)
 
     keyed = df.withColumn("_key", normalised(F.col(id_col).cast("string")))
     first = Window.partitionBy("_key").orderBy(ROW)

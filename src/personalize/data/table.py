@@ -11,6 +11,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FORMATS = (".csv", ".parquet")
+# the CSV cells read as missing: pandas' read_csv defaults, named here so that every reader
+# of a CSV (`read_table`, the batch scorer's streaming reader) uses the same ones
+MISSING_MARKERS = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
 
 
 class TableError(ValueError):
@@ -32,7 +55,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise TableError(f"cohort file not found: {path}")
     try:
         if fmt == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=True)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING_MARKERS)
         return pd.read_parquet(path)
     except Exception as exc:  # a corrupt file must be a clear message, never a traceback
         raise TableError(f"{path}: cannot read as {fmt[1:]}: {exc}") from None

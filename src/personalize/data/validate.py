@@ -1,24 +1,33 @@
 """Check a cohort against its pipeline file and turn it into typed arrays for learning.
 
 `validate` lists every problem at once (column, offending rows, reason) so a researcher
-fixes a file in one pass; `prepare` refuses a cohort with problems.
+fixes a file in one pass; `prepare` refuses a cohort with problems. Each cell is read and
+judged by `cells.read_cells`, as the batch scorer reads it; this module groups those
+problems by column and adds what only a whole cohort can have: declared columns, repeated
+ids, patients and observed outcomes per arm, responders and non-responders per arm.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from personalize.config import CategoricalFeature, NumericFeature, Pipeline
+from personalize.config import NumericFeature, Pipeline
+from personalize.data.cells import (
+    NO_PREFERENCE,
+    Cells,
+    categorical_dtype,
+    read_cells,
+    read_number,
+    read_text,
+)
 from personalize.data.columns import Column
 
 SHOW_ROWS = 5
 MIN_CLASS = 5  # responders and non-responders needed per arm for a binary outcome
-NO_PREFERENCE = "none"
 
 
 @dataclass(frozen=True)
@@ -81,38 +90,20 @@ class CohortError(Exception):
         )
 
 
-def _row_refs(
-    frame: pd.DataFrame, id_col: str, mask: pd.Series, by_number: bool = False
-) -> tuple[str, ...]:
+def _row_refs(frame: pd.DataFrame, id_col: str, positions: np.ndarray) -> tuple[str, ...]:
     """Name rows by their id where there is one, else by 1-based data row number."""
-    idx = np.flatnonzero(mask.to_numpy(dtype=bool))
-    if id_col in frame.columns and not by_number:
+    if id_col in frame.columns:
         ids = frame[id_col].to_numpy()
-        return tuple(str(ids[i]) if not pd.isna(ids[i]) else f"row {i + 1}" for i in idx)
-    return tuple(f"row {i + 1}" for i in idx)
-
-
-def _as_text(col: pd.Series) -> pd.Series:
-    """Non-missing values as stripped strings (categories, arm labels, ids); blank is missing."""
-    text = col.map(lambda v: v if pd.isna(v) else str(v).strip())
-    return text.where(text != "", None)
-
-
-def _as_number(col: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Numeric values and the mask of present-but-not-numeric cells."""
-    if pd.api.types.is_bool_dtype(col):
-        return col.astype(float), pd.Series(False, index=col.index)
-    if pd.api.types.is_numeric_dtype(col):
-        values = col.astype(float)
-        bad = pd.Series(np.isinf(values.to_numpy()), index=col.index)
-    else:
-        text = _as_text(col)
-        values = pd.to_numeric(text, errors="coerce").astype(float)
-        bad = pd.Series((text.notna() & values.isna()) | np.isinf(values), dtype=bool)
-    return values.where(~bad), bad
+        return tuple(str(ids[i]) if not pd.isna(ids[i]) else f"row {i + 1}" for i in positions)
+    return tuple(f"row {i + 1}" for i in positions)
 
 
 def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
+    return _judge(frame, pipeline)[0]
+
+
+def _judge(frame: pd.DataFrame, pipeline: Pipeline) -> tuple[ValidationReport, Cells | None]:
+    """The report, and the cohort's cells as read (None when there is nothing to read)."""
     rules = pipeline.validation
     report = ValidationReport(
         n_rows=len(frame),
@@ -124,49 +115,35 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
     add = report.problems.append
     frame = frame.reset_index(drop=True)
     id_col = pipeline.cohort.id
-    present = set(frame.columns)
+    arm_spec = pipeline.cohort.arm
 
     for name in pipeline.required_columns:
-        if name not in present:
+        if name not in frame.columns:
             add(Problem(name, "declared in the pipeline but missing from the cohort"))
     report.ignored_columns = [c for c in frame.columns if c not in pipeline.required_columns]
     if len(frame) == 0:
         add(Problem("(cohort)", "the cohort has no rows"))
-        return report
+        return report, None
 
-    def rows(mask: pd.Series) -> tuple[str, ...]:
-        return _row_refs(frame, id_col, mask)
+    cells = read_cells(frame, pipeline)
 
-    if id_col in present:
-        ids = _as_text(frame[id_col])
-        if ids.isna().any():
-            add(Problem(id_col, "missing patient id", rows(ids.isna())))
-        dup = ids.notna() & ids.duplicated(keep=False)
-        if dup.any():
-            refs = tuple(
-                f"row {r.removeprefix('row ')} (id {i})"
-                for r, i in zip(
-                    _row_refs(frame, id_col, dup, by_number=True), ids[dup], strict=True
-                )
-            )
+    def list_cells(which: Callable[[str], bool]) -> None:
+        """Add the cell problems of the columns `which` accepts, in the pipeline's order."""
+        for p in cells.problems:
+            if which(p.column):
+                add(Problem(p.column, p.summary, _row_refs(frame, id_col, p.rows)))
+
+    list_cells(lambda column: column == id_col)
+    if id_col in cells.text:
+        ids = pd.Series(cells.text[id_col])
+        dup = np.flatnonzero(ids.notna() & ids.duplicated(keep=False))
+        if len(dup):
+            refs = tuple(f"row {i + 1} (id {ids[i]})" for i in dup)
             add(Problem(id_col, "duplicate patient id", refs))
 
-    arm_spec = pipeline.cohort.arm
-    arm: pd.Series | None = None
-    if arm_spec.column in present:
-        arm = _as_text(frame[arm_spec.column])
-        if arm.isna().any():
-            add(Problem(arm_spec.column, "missing arm", rows(arm.isna())))
-        unknown = arm.notna() & ~arm.isin(arm_spec.labels)
-        if unknown.any():
-            labels = sorted(set(arm[unknown]))[:SHOW_ROWS]
-            add(
-                Problem(
-                    arm_spec.column,
-                    f"arm label not one of {list(arm_spec.labels)} (found {labels})",
-                    rows(unknown),
-                )
-            )
+    list_cells(lambda column: column == arm_spec.column)
+    arm = cells.text.get(arm_spec.column)
+    if arm is not None:
         report.arm_counts = {label: int((arm == label).sum()) for label in arm_spec.labels}
         seen = [label for label, n in report.arm_counts.items() if n > 0]
         if len(seen) == 1:
@@ -181,53 +158,15 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
                     )
                 )
 
-    for name, spec in pipeline.features.items():
-        if name not in present:
-            continue
-        col = frame[name]
-        if isinstance(spec, NumericFeature):
-            values, bad = _as_number(col)
-            if bad.any():
-                add(Problem(name, "not a finite number", rows(bad)))
-            if spec.min is not None and (values < spec.min).any():
-                add(
-                    Problem(
-                        name, f"below the declared minimum {spec.min:g}", rows(values < spec.min)
-                    )
-                )
-            if spec.max is not None and (values > spec.max).any():
-                add(
-                    Problem(
-                        name, f"above the declared maximum {spec.max:g}", rows(values > spec.max)
-                    )
-                )
-            missing = int((values.isna() & ~bad).sum())
-        else:
-            assert isinstance(spec, CategoricalFeature)
-            text = _as_text(col)
-            unknown = text.notna() & ~text.isin(spec.levels)
-            if unknown.any():
-                found = sorted(set(text[unknown]))[:SHOW_ROWS]
-                add(
-                    Problem(
-                        name, f"unknown level {found}; declared levels {spec.levels}", rows(unknown)
-                    )
-                )
-            missing = int(text.isna().sum())
+    for name in pipeline.features:
+        missing = int(cells.blank[name].sum()) if name in cells.blank else 0
         if missing:
             report.missing_counts[name] = missing
 
-    pref_col = pipeline.cohort.preference
-    if pref_col and pref_col in present and pref_col not in pipeline.features:
-        text = _as_text(frame[pref_col])
-        allowed = [*arm_spec.labels, NO_PREFERENCE]
-        unknown = text.notna() & ~text.isin(allowed)
-        if unknown.any():
-            add(Problem(pref_col, f"preference must be one of {allowed}", rows(unknown)))
-
-    y = _outcome_problems(frame, pipeline, add, rows)
+    list_cells(lambda column: column not in (id_col, arm_spec.column))  # features, outcome
+    y = _target(cells, pipeline)
     if y is not None and arm is not None:
-        observed = y.notna()
+        observed = ~np.isnan(y)
         report.observed_counts = {
             label: int((observed & (arm == label)).sum()) for label in arm_spec.labels
         }
@@ -252,47 +191,21 @@ def validate(frame: pd.DataFrame, pipeline: Pipeline) -> ValidationReport:
                                 f"{MIN_CLASS}; the arm's outcome cannot be modelled",
                             )
                         )
-    return report
+    return report, cells
 
 
-def _outcome_problems(
-    frame: pd.DataFrame,
-    pipeline: Pipeline,
-    add: Callable[[Problem], None],
-    rows: Callable[[pd.Series], tuple[str, ...]],
-) -> pd.Series | None:
-    """Check outcome columns; return the outcome (NaN where unobserved) when computable."""
+def _target(cells: Cells, pipeline: Pipeline) -> np.ndarray | None:
+    """The learning target (`outcome_values`, or a ready column oriented so that higher
+    is better), NaN where unobserved; None when the outcome's columns were not read."""
     out = pipeline.outcome
-    if any(c not in frame.columns for c in out.columns):
+    if any(c not in cells.numbers for c in out.columns):
         return None
-    numbers = {}
-    for col in out.columns:
-        values, bad = _as_number(frame[col])
-        if bad.any():
-            add(Problem(col, "not a finite number", rows(bad)))
-        numbers[col] = values
     if out.column is not None:
-        return numbers[out.column]
+        raw = cells.numbers[out.column]
+        return raw if out.better == "higher" else -raw
     assert out.baseline is not None and out.followup is not None
-    base, follow = numbers[out.baseline], numbers[out.followup]
-    orphan = base.isna() & follow.notna()
-    if orphan.any():
-        add(
-            Problem(
-                out.followup,
-                f"follow-up present where baseline {out.baseline} is missing",
-                rows(orphan),
-            )
-        )
-    if out.responder is not None and out.responder.relative_reduction is not None:
-        nonpositive = base.notna() & (base <= 0)
-        if nonpositive.any():
-            add(
-                Problem(
-                    out.baseline, "a relative reduction needs a baseline above 0", rows(nonpositive)
-                )
-            )
-    return outcome_values(base, follow, pipeline).where(base.notna() & follow.notna())
+    base, follow = pd.Series(cells.numbers[out.baseline]), pd.Series(cells.numbers[out.followup])
+    return outcome_values(base, follow, pipeline).to_numpy(dtype=float)
 
 
 def outcome_values(base: pd.Series, follow: pd.Series, pipeline: Pipeline) -> pd.Series:
@@ -352,12 +265,12 @@ def typed_columns(frame: pd.DataFrame, pipeline: Pipeline) -> dict[str, Column]:
                 values = col.to_numpy()
                 values = np.where(np.isinf(values), np.nan, values)
             else:
-                values = _as_number(col)[0].to_numpy(dtype=float)
+                values = read_number(col)[0]
             cols[name] = Column(values, float64=True)
         else:
             dtype = categorical_dtype(tuple(spec.levels))
             if col.dtype is not dtype and col.dtype != dtype:
-                col = pd.Series(pd.Categorical(_as_text(col), dtype=dtype), index=col.index)
+                col = pd.Series(pd.Categorical(read_text(col), dtype=dtype), index=col.index)
             codes = col.cat.codes.to_numpy()
             cols[name] = Column(np.where(codes < 0, np.nan, codes), list(spec.levels))
     return cols
@@ -376,36 +289,34 @@ def features_of(cols: dict[str, Column], pipeline: Pipeline) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.RangeIndex(n))
 
 
-@functools.cache
-def categorical_dtype(levels: tuple[str, ...]) -> pd.CategoricalDtype:
-    """One dtype instance per set of levels, so frames share it (cheap to compare)."""
-    return pd.CategoricalDtype(list(levels))
-
-
 def prepare(frame: pd.DataFrame, pipeline: Pipeline) -> Cohort:
-    report = validate(frame, pipeline)
+    report, cells = _judge(frame, pipeline)
     if not report.ok:
         raise CohortError(report)
-    frame = frame.reset_index(drop=True)
-    out = pipeline.outcome
-    if out.column is not None:
-        raw = _as_number(frame[out.column])[0]
-        y = raw if out.better == "higher" else -raw
-    else:
-        assert out.baseline is not None and out.followup is not None
-        y = outcome_values(
-            _as_number(frame[out.baseline])[0], _as_number(frame[out.followup])[0], pipeline
-        )
-    arm = _as_text(frame[pipeline.cohort.arm.column])
+    assert cells is not None
+    y = _target(cells, pipeline)
+    assert y is not None
+    cohort = pipeline.cohort
     pref = None
-    if pipeline.cohort.preference:
-        pref = (
-            _as_text(frame[pipeline.cohort.preference]).fillna(NO_PREFERENCE).to_numpy(dtype=object)
-        )
+    if cohort.preference:
+        stated = cells.categories.get(cohort.preference, cells.text.get(cohort.preference))
+        pref = pd.Series(stated, dtype=object).fillna(NO_PREFERENCE).to_numpy(dtype=object)
     return Cohort(
-        ids=_as_text(frame[pipeline.cohort.id]).to_numpy(dtype=object),
-        X=feature_frame(frame, pipeline),
-        treated=(arm == pipeline.cohort.arm.treatment).to_numpy(dtype=np.int8),
-        y=y.to_numpy(dtype=float),
+        ids=cells.text[cohort.id],
+        X=features_of(_feature_columns(cells, pipeline), pipeline),
+        treated=(cells.text[cohort.arm.column] == cohort.arm.treatment).astype(np.int8),
+        y=y,
         preference=pref,
     )
+
+
+def _feature_columns(cells: Cells, pipeline: Pipeline) -> dict[str, Column]:
+    """`typed_columns` of cells already read."""
+    cols: dict[str, Column] = {}
+    for name, spec in pipeline.features.items():
+        if isinstance(spec, NumericFeature):
+            cols[name] = Column(cells.numbers[name], float64=True)
+        else:
+            codes = cells.categories[name].codes
+            cols[name] = Column(np.where(codes < 0, np.nan, codes), list(spec.levels))
+    return cols

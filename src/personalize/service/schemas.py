@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from personalize.data.cells import NO_PREFERENCE, categorical_dtype
 from personalize.data.columns import Column
-from personalize.data.validate import categorical_dtype
 
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel
@@ -30,7 +30,6 @@ SYNTHETIC_NOTICE = (
     "SYNTHETIC DATA: this model was trained on a simulated cohort, not on real patients; "
     "not for clinical use"
 )
-NO_PREFERENCE = "none"
 
 # ---------------------------------------------------------------------------- responses
 

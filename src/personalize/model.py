@@ -18,14 +18,10 @@ from scipy.special import ndtri
 
 from personalize import fast_trees
 from personalize.config import CategoricalFeature, NumericFeature, Pipeline
+from personalize.data.cells import NO_PREFERENCE
 from personalize.data.columns import Column, columns
 from personalize.data.columns import reading as columns_reading
-from personalize.data.validate import (
-    NO_PREFERENCE,
-    feature_frame,
-    features_of,
-    typed_columns,
-)
+from personalize.data.validate import feature_frame, features_of, typed_columns
 from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
 from personalize.stats.calibration import ArmCalibrator, BenefitCalibration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,3 +191,63 @@ def test_ipcw_weights_and_complete_case() -> None:
     result = training.fit(cc, frame)
     assert set(np.unique(result.ipcw.weights)) == {0.0, 1.0}
     assert result.ipcw.method == "complete_case"
+
+
+NEW_LEARNER = '''
+"""A learner added for a test: per-arm weighted means (no covariates)."""
+
+from typing import Self
+
+import numpy as np
+import pandas as pd
+
+from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner
+
+
+class ArmMeansLearner(EffectLearner):
+    name = "arm_means_for_test"
+    title = "Arm means"
+    description = "Each arm's weighted mean outcome, the same for every patient"
+    linear = True
+    complexity = 1
+
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
+        arms = [treated == a for a in (0, 1)]
+        self.means_ = [float(np.average(y[rows], weights=weight[rows])) for rows in arms]
+        return self
+
+    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(X), self.means_[0]), np.full(len(X), self.means_[1])
+
+    def contributions(self, X: pd.DataFrame) -> ArmContributions:
+        zeros = np.zeros((len(X), X.shape[1] + 1))
+        mu0, mu1 = self.predict_arms(X)
+        return ArmContributions([*X.columns, ARM_DRIVER], mu0, zeros, mu1, zeros.copy())
+'''
+
+
+def test_a_learner_is_one_file() -> None:
+    """Dropping one module into learners/ makes a candidate: the pipeline file accepts its
+    name, training fits, selects and explains it, and nothing else had to change."""
+    from personalize import learners
+
+    path = Path(learners.__file__).parent / "arm_means_for_test.py"
+    path.write_text(NEW_LEARNER)
+    learners.learners.cache_clear()
+    try:
+        assert "arm_means_for_test" in learners.learner_names()
+        assert learners.learner_names()[0] == "arm_means_for_test"  # the simplest first
+        spec = pipeline("stamp", learners=["arm_means_for_test"], bootstrap=10)
+        result = training.fit(spec, simulate("stamp", 400, 3).cohort)
+        assert result.chosen == "arm_means_for_test"
+        assert result.model.info.learner == "arm_means_for_test"
+        out = result.model.predict(simulate("stamp", 50, 4).cohort, explain=2)
+        assert out["benefit"].notna().all() and len(out) == 50
+    finally:
+        path.unlink()
+        learners.learners.cache_clear()
+    assert "arm_means_for_test" not in learners.learner_names()
+    raw = pipeline("stamp").model_dump()
+    raw["training"]["learners"] = ["arm_means_for_test"]
+    with pytest.raises(ValueError, match="unknown \\['arm_means_for_test'\\]"):
+        Pipeline.model_validate(raw)

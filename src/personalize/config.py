@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from personalize.learners import learner_names
 
+NO_PREFERENCE = "none"  # the preference column's value for a stated preference for neither arm
+
 
 class Strict(BaseModel):
     """Unknown keys are typos, not extensions: reject them."""

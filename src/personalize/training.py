@@ -377,6 +377,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         evidence=het or ate_reliable,
         evidence_reason=reason,
         binary=binary,
+        heterogeneity=het,
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)

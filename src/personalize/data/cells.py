@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from personalize.config import CategoricalFeature, NumericFeature, Pipeline
+from personalize.config import NO_PREFERENCE, CategoricalFeature, NumericFeature, Pipeline
 
-NO_PREFERENCE = "none"  # a stated preference for neither arm
 FOUND_SHOWN = 5  # distinct offending values a problem's summary names
 
 MISSING_ID = "missing patient id"

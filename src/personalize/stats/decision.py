@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from personalize.config import NO_PREFERENCE
+
 EITHER = "either"
 NO_DIFFERENCE = "no reliable difference: follow patient preference"
 
@@ -23,6 +25,9 @@ class DecisionRule:
     evidence: bool  # heterogeneity detected, or the average effect reliably non-zero
     evidence_reason: str
     binary: bool
+    # heterogeneity detected: only then may a recommendation go against a stated preference
+    # (an average effect says nothing about whether this patient is an exception)
+    heterogeneity: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -46,10 +51,23 @@ class DecisionRule:
         favour_c = self.evidence & (upper < 0) & (benefit <= -self.margin)
         rec[favour_t] = self.treatment
         rec[favour_c] = self.control
+        stated = self._stated(preference, n)
+        overruled = np.zeros(n, dtype=bool)
+        if not self.heterogeneity:  # never against a stated preference on the average alone
+            chosen = rec != EITHER
+            overruled = chosen & np.isin(stated, [self.treatment, self.control]) & (rec != stated)
+            rec[overruled] = EITHER
         pct = f"{self.level:.0%}"
         what = "chance of response" if self.binary else "improvement"
         for i in range(n):
-            if rec[i] == EITHER:
+            if overruled[i]:
+                favoured = self.control if stated[i] == self.treatment else self.treatment
+                why[i] = (
+                    f"{NO_DIFFERENCE} (the average effect favours {favoured}, but no "
+                    f"heterogeneity was detected to say this patient is not an exception; "
+                    f"stated preference: {stated[i]})"
+                )
+            elif rec[i] == EITHER:
                 reason = NO_DIFFERENCE
                 if not self.evidence:
                     reason += " (the trial data show no reliable difference between arms)"
@@ -62,9 +80,8 @@ class DecisionRule:
                         f" (the expected difference is below the "
                         f"{self._amount(self.margin)} margin)"
                     )
-                pref = None if preference is None else preference[i]
-                if pref is not None and pref == pref and str(pref) not in ("", "none"):
-                    reason += f"; stated preference: {pref}"
+                if stated[i]:
+                    reason += f"; stated preference: {stated[i]}"
                 why[i] = reason
             else:
                 better, worse = (
@@ -79,6 +96,14 @@ class DecisionRule:
                     f"{self._signed(upper[i])})"
                 )
         return rec, why
+
+    @staticmethod
+    def _stated(preference: np.ndarray | None, n: int) -> np.ndarray:
+        """Each patient's stated preference as text, "" where none was stated."""
+        if preference is None:
+            return np.full(n, "", dtype=object)
+        stated = [str(p) if p is not None and p == p else "" for p in preference]
+        return np.array(["" if s == NO_PREFERENCE else s for s in stated], dtype=object)
 
     def _signed(self, value: float) -> str:
         return f"{value * 100:+.0f} pp" if self.binary else f"{value:+.2f}"

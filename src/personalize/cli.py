@@ -467,7 +467,10 @@ def study(
     ] = None,
     test_n: Annotated[int, typer.Option("--test-n", min=100, help="test-set patients")] = 5000,
     peers: Annotated[
-        bool, typer.Option("--peers/--no-peers", help="fit EconML and CausalML peers too")
+        bool,
+        typer.Option(
+            "--peers/--no-peers", help="fit the peers too (EconML, CausalML, stochtree BCF)"
+        ),
     ] = True,
     out_dir: Annotated[
         Path, typer.Option("--out", help="directory for CSVs, plots, report")
@@ -489,9 +492,9 @@ def study(
     """Recovery study: score models trained on SYNTHETIC cohorts against the truth.
 
     PEHE, regret, interval coverage and heterogeneity-test rejection rates over fresh
-    simulated training cohorts, on one independent simulated test set, with EconML and
-    CausalML peers on the same cohorts. Writes CSVs, plots and a markdown table to --out
-    and logs an MLflow run in experiment `recovery-study`."""
+    simulated training cohorts, on one independent simulated test set, with the peers
+    (EconML, CausalML, stochtree BCF) on the same cohorts. Writes CSVs, plots and a
+    markdown table to --out and logs an MLflow run in experiment `recovery-study`."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

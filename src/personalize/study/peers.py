@@ -20,7 +20,7 @@ How the peers see the data, so the comparison is of the causal method and nothin
 - Recommendations: the same rule as ours without the evidence gate: the sign of the benefit
   when the peer's interval excludes zero and `|benefit| >= decision.margin`, else `either`.
 
-The peers' libraries (EconML, CausalML) are the optional `bench` extra, so each adapter
+The peers' libraries (EconML, CausalML, stochtree) are the optional `bench` extra, so each adapter
 imports its library inside `fit`: the study runs without them when peers are off.
 """
 
@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 from sklearn.dummy import DummyClassifier
 
 from personalize.config import Pipeline
@@ -204,6 +205,70 @@ class CausalMLX(Peer):
         draws = np.column_stack([self._predict(m, Z) for m in self.resampled])
         tail = 50 * (1 - self.level)
         lo, hi = np.percentile(draws, [tail, 100 - tail], axis=1)
+        return lo, hi
+
+
+class BayesianCausalForest(Peer):
+    """Bayesian Causal Forests (Hahn, Murray & Carvalho 2020) from `stochtree`, as a
+    researcher would run them: fitted on the observed patients (no weights), the known
+    propensity, a probit link for a binary outcome, 10 warm-start + 500 burn-in + 1000
+    posterior draws, defaults otherwise. Benefit is the posterior mean of
+    Phi(control + effect) - Phi(control) (the effect itself for a continuous outcome);
+    the interval is its equal-tailed posterior interval."""
+
+    name = "bcf"
+    title = "Bayesian Causal Forests (stochtree)"
+    package = "stochtree"
+    GFR, BURNIN, DRAWS = 10, 500, 1000
+
+    def fit(self, data: PeerData) -> None:
+        from stochtree import BCFModel, OutcomeModel  # optional extra (module docstring)
+
+        o = data.observed
+        self.binary = data.binary
+        self.allocation = data.allocation
+        outcome = (
+            OutcomeModel(outcome="binary", link="probit")
+            if data.binary
+            else OutcomeModel(outcome="continuous", link="identity")
+        )
+        self.model = BCFModel()
+        self.model.sample(
+            X_train=data.Z[o],
+            Z_train=data.treated[o].astype(float),
+            y_train=data.y[o].astype(float),
+            propensity_train=np.full(int(o.sum()), data.allocation),
+            num_gfr=self.GFR,
+            num_burnin=self.BURNIN,
+            num_mcmc=self.DRAWS,
+            general_params={
+                "outcome_model": outcome,
+                "random_seed": self.seed,
+                "num_threads": 1,
+            },
+        )
+
+    def draws(self, Z: np.ndarray) -> np.ndarray:
+        """Posterior draws of each patient's benefit (patients x draws)."""
+        n = len(Z)
+        out = self.model.predict(
+            X=Z,
+            Z=np.zeros(n),
+            propensity=np.full(n, self.allocation),
+            terms=["mu", "tau"],
+            type="posterior",
+        )
+        control, effect = np.atleast_2d(out["mu_hat"]), np.atleast_2d(out["tau_hat"])
+        if not self.binary:
+            return effect
+        return ndtr(control + effect) - ndtr(control)
+
+    def benefit(self, Z: np.ndarray) -> np.ndarray:
+        return self.draws(Z).mean(axis=1)
+
+    def interval(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tail = (1 - self.level) / 2
+        lo, hi = np.quantile(self.draws(Z), [tail, 1 - tail], axis=1)
         return lo, hi
 
 

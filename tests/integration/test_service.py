@@ -241,7 +241,7 @@ def test_recommendation_is_labelled_calibrated_explained_and_says_synthetic(
 def test_service_answers_exactly_what_predict_returns(
     app: Any, client: TestClient, researcher: dict[str, str]
 ) -> None:
-    """One path: the response is PersonalizeModel.predict's output, converted (issue 6)."""
+    """One path: the response is PersonalizeModel.predict's output, converted."""
     patients = [STAMP_PATIENT, {**STAMP_PATIENT, "age": 30, "phq8": 20}, {"sex": "male"}]
     r = client.post("/v1/recommendations/batch", json={"patients": patients}, headers=researcher)
     assert r.status_code == 200, r.text

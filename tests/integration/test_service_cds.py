@@ -14,7 +14,7 @@ from sqlalchemy import select
 from personalize.service.app import create_app
 from personalize.service.audit import AuditRecord
 from personalize.service.cds_hooks import SUMMARY_MAX, summary
-from personalize.service.fhir import _age, _daily_dose
+from personalize.service.fhir import daily_dose, patient_age
 from personalize.service.schemas import (
     ArmOutcome,
     Benefit,
@@ -214,21 +214,21 @@ def test_patient_view_refuses_what_it_cannot_answer(app: Any, client: TestClient
 def test_age_needs_a_full_birth_date() -> None:
     notes: list[str] = []
     today = date(2026, 6, 15)
-    assert _age({"birthDate": "1960-06-15"}, today, notes, "Age")[0] == 66
-    assert _age({"birthDate": "1960-06-16"}, today, notes, "Age")[0] == 65
-    assert _age({"birthDate": "1960"}, today, notes, "Age")[0] is None
+    assert patient_age({"birthDate": "1960-06-15"}, today, notes, "Age")[0] == 66
+    assert patient_age({"birthDate": "1960-06-16"}, today, notes, "Age")[0] == 65
+    assert patient_age({"birthDate": "1960"}, today, notes, "Age")[0] is None
     assert notes and "not a full date" in notes[0]
 
 
 def test_daily_dose_is_computed_only_when_it_is_unambiguous() -> None:
-    assert _daily_dose(medication("oxycodone", 5, 6), fentanyl=False) == (30.0, "")
+    assert daily_dose(medication("oxycodone", 5, 6), fentanyl=False) == (30.0, "")
     q6h = medication("oxycodone", 5, 1)
     q6h["dosageInstruction"][0]["timing"]["repeat"].update(period=6, periodUnit="h")
-    assert _daily_dose(q6h, fentanyl=False)[0] == 20.0
+    assert daily_dose(q6h, fentanyl=False)[0] == 20.0
     tablets = medication("oxycodone", 1, 2, unit="tablet")
-    assert _daily_dose(tablets, fentanyl=False)[0] is None
+    assert daily_dose(tablets, fentanyl=False)[0] is None
     patch = medication("fentanyl 25 mcg/hr patch", 25, 1, unit="mcg/h")
-    assert _daily_dose(patch, fentanyl=True) == (25.0, "")
+    assert daily_dose(patch, fentanyl=True) == (25.0, "")
 
 
 def test_card_summary_stays_under_140_characters() -> None:

@@ -60,7 +60,7 @@ def submit_all(
     assert recorder.entered.wait(30)
     for t in threads[1:]:
         t.start()
-    while batcher._queue.qsize() < len(requests) - 1:  # all queued behind the first call
+    while batcher.waiting < len(requests) - 1:  # all queued behind the first call
         threading.Event().wait(0.005)
     recorder.release.set()
     for t in threads:
@@ -136,7 +136,7 @@ def test_a_request_cancelled_while_queued_is_dropped_and_the_others_answered() -
     async def rest() -> list[Any]:
         gone = asyncio.create_task(batcher.submit(model, [{"i": 2}]))
         kept = asyncio.create_task(batcher.submit(model, [{"i": 3}]))
-        while batcher._queue.qsize() < 2:
+        while batcher.waiting < 2:
             await asyncio.sleep(0.005)
         gone.cancel()
         outcome = await asyncio.gather(gone, return_exceptions=True)

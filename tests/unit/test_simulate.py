@@ -1,4 +1,4 @@
-"""The synthetic trial simulator: calibration, truth, dropout, determinism (issue 2, item 4).
+"""The synthetic trial simulator: calibration, truth, dropout, determinism.
 
 Tolerances are stated as multiples of the sampling standard error (SE) of the statistic.
 Every test uses a fixed seed, so it is deterministic; the multiples (4-5 SE) are what a
@@ -11,7 +11,6 @@ n = 20,000.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from pathlib import Path
@@ -24,8 +23,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personalize.data import simulate as sim
-from personalize.data.simulate import SCENARIOS, SimulatedTrial, simulate
+from personalize.data.simulate import (
+    SCENARIOS,
+    SimulatedTrial,
+    clipped_normal_cdf,
+    clipped_normal_mean,
+    get_scenario,
+    potential_outcomes,
+    simulate,
+    simulate_full,
+    truth_for,
+)
 from personalize.data.table import write_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +47,10 @@ STAMP_BASELINE = [
 ]  # fmt: skip
 
 
-@functools.cache
-def trial(scenario: str, n: int | None = None, seed: int = 1) -> SimulatedTrial:
-    return simulate(scenario, n=n, seed=seed)
-
-
-@functools.cache
-def full(scenario: str, n: int, seed: int = 1) -> tuple[SimulatedTrial, pd.DataFrame]:
-    return sim._simulate_full(scenario, n, seed)
+@pytest.fixture(scope="module")
+def stamp_big() -> tuple[SimulatedTrial, pd.DataFrame]:
+    """A STAMP trial of BIG patients, as recorded and before dropout (four tests read it)."""
+    return simulate_full("stamp", BIG, seed=1)
 
 
 def benefit(truth: pd.DataFrame, treatment: str, control: str) -> pd.Series:
@@ -80,9 +84,9 @@ def test_bad_seed_raises() -> None:
 
 
 def test_default_sizes() -> None:
-    assert len(trial("stamp").cohort) == 770
-    assert len(trial("stamp-null").cohort) == 770
-    assert len(trial("optimum").cohort) == 451
+    assert len(simulate("stamp", seed=1).cohort) == 770
+    assert len(simulate("stamp-null", seed=1).cohort) == 770
+    assert len(simulate("optimum", seed=1).cohort) == 451
 
 
 @pytest.mark.parametrize(
@@ -94,7 +98,7 @@ def test_default_sizes() -> None:
     ],
 )
 def test_truth_columns_and_ids(scenario: str, id_col: str, arms: tuple[str, str]) -> None:
-    t = trial(scenario)
+    t = simulate(scenario, seed=1)
     treat, ctrl = arms
     assert list(t.truth.columns) == [
         id_col,
@@ -118,7 +122,7 @@ def test_truth_columns_and_ids(scenario: str, id_col: str, arms: tuple[str, str]
 def test_stamp_marginals_at_trial_size() -> None:
     """n = 770, seed 1: each published figure within 4 SE (SE of a mean = sd/sqrt(n),
     of an SD ~ sd/sqrt(2n), of a share = sqrt(p(1-p)/n))."""
-    c = trial("stamp", 770, 1).cohort
+    c = simulate("stamp", 770, 1).cohort
     n = len(c)
     assert list(c.columns[: len(STAMP_BASELINE)]) == STAMP_BASELINE
     assert (c.arm == "MBT").sum() == (c.arm == "CBT").sum() == 385
@@ -159,7 +163,7 @@ def test_stamp_marginals_at_trial_size() -> None:
 
 
 def test_stamp_followups_bounded_missing_together_and_monotone() -> None:
-    c = trial("stamp", 3000, 2).cohort
+    c = simulate("stamp", 3000, 2).cohort
     prev = np.zeros(len(c), dtype=bool)
     for v in STAMP_VISITS:
         miss = c[f"bpi_severity_{v}"].isna().to_numpy()
@@ -172,8 +176,10 @@ def test_stamp_followups_bounded_missing_together_and_monotone() -> None:
         assert (c[f"mme_{v}"].dropna() >= 0).all()
 
 
-def test_stamp_arm_changes_and_dropout_rates_at_large_n() -> None:
-    t, complete = full("stamp", BIG)
+def test_stamp_arm_changes_and_dropout_rates_at_large_n(
+    stamp_big: tuple[SimulatedTrial, pd.DataFrame],
+) -> None:
+    t, complete = stamp_big
     truth, c = t.truth, t.cohort
     # 6 months, exact expectations: the average over patients has SE ~ 0.7/sqrt(10000)
     assert abs(truth.expected_change_MBT.mean() - (-0.35)) < 0.03
@@ -194,8 +200,10 @@ def test_stamp_arm_changes_and_dropout_rates_at_large_n() -> None:
         assert abs(c[f"bpi_severity_{visit}"].isna().mean() - target) < 0.015, visit
 
 
-def test_dropout_depends_on_baseline_but_not_on_outcome() -> None:
-    t, complete = full("stamp", BIG)
+def test_dropout_depends_on_baseline_but_not_on_outcome(
+    stamp_big: tuple[SimulatedTrial, pd.DataFrame],
+) -> None:
+    t, complete = stamp_big
     c = t.cohort
     miss = c.bpi_severity_m6.isna()
 
@@ -225,12 +233,12 @@ def test_dropout_depends_on_baseline_but_not_on_outcome() -> None:
 def test_truth_matches_monte_carlo(scenario: str) -> None:
     """Redraw every patient's potential outcomes R times; the responder frequency under the
     shipped pipeline's definition and the mean change converge to the truth."""
-    sc = sim._scenario(scenario)
-    base = trial(scenario, 100, 5).cohort
-    truth = trial(scenario, 100, 5).truth
+    sc = get_scenario(scenario)
+    drawn = simulate(scenario, 100, 5)
+    base, truth = drawn.cohort, drawn.truth
     reps = 2000
     many = pd.concat([base] * reps, ignore_index=True)
-    po = sim._potential_outcomes(scenario, many, np.random.default_rng(99))
+    po = potential_outcomes(scenario, many, np.random.default_rng(99))
     b = many[sc.outcome_baseline].to_numpy()
     for arm in sc.arms:
         y = po[arm][sc.followup].to_numpy()
@@ -254,8 +262,8 @@ def test_clipped_normal_formulas_at_the_edges(mean: float, threshold: float) -> 
     sigma = 1.7
     y = np.clip(np.random.default_rng(3).normal(mean, sigma, 1_000_000), 0.0, 10.0)
     m = np.array([mean])
-    assert abs(sim._clipped_mean(m, sigma, 0.0, 10.0)[0] - y.mean()) < 0.006
-    p = sim._prob_clipped_le(m, sigma, np.array([threshold]), 0.0, 10.0)[0]
+    assert abs(clipped_normal_mean(m, sigma, 0.0, 10.0)[0] - y.mean()) < 0.006
+    p = clipped_normal_cdf(m, sigma, np.array([threshold]), 0.0, 10.0)[0]
     assert abs(p - (y <= threshold).mean()) < 0.002
 
 
@@ -273,12 +281,12 @@ def test_shipped_pipelines_define_the_truths_responder() -> None:
         assert spec["outcome"]["responder"] == responder
         assert spec["cohort"]["simulate"]["scenario"] == scenario
         assert spec["synthetic"] is True
-        sc = sim._scenario(scenario)
+        sc = get_scenario(scenario)
         assert (sc.outcome_baseline, sc.followup) == (baseline, followup)
 
 
 def test_stamp_null_has_nothing_to_personalize() -> None:
-    null, stamp = trial("stamp-null", 770, 1), trial("stamp", 770, 1)
+    null, stamp = simulate("stamp-null", 770, 1), simulate("stamp", 770, 1)
     t = null.truth
     assert (t.p_response_MBT == t.p_response_CBT).all()
     assert (t.expected_change_MBT == t.expected_change_CBT).all()
@@ -287,12 +295,14 @@ def test_stamp_null_has_nothing_to_personalize() -> None:
     for v in STAMP_VISITS:
         col = f"bpi_severity_{v}"
         assert (null.cohort[col].isna() == stamp.cohort[col].isna()).all()
-    po = sim._potential_outcomes("stamp-null", null.cohort, np.random.default_rng(1))
+    po = potential_outcomes("stamp-null", null.cohort, np.random.default_rng(1))
     pd.testing.assert_frame_equal(po["MBT"], po["CBT"])
 
 
-def test_stamp_heterogeneity_is_strong_enough_and_average_small() -> None:
-    t = full("stamp", BIG)[0].truth
+def test_stamp_heterogeneity_is_strong_enough_and_average_small(
+    stamp_big: tuple[SimulatedTrial, pd.DataFrame],
+) -> None:
+    t = stamp_big[0].truth
     b = benefit(t, "MBT", "CBT")
     assert 0.10 <= b.std() <= 0.16
     assert (b.abs() >= 0.10).mean() >= 1 / 3
@@ -303,10 +313,10 @@ def test_stamp_heterogeneity_is_strong_enough_and_average_small() -> None:
 
 
 def test_documented_moderators_drive_the_benefit_and_others_do_not() -> None:
-    c = trial("stamp", 2000, 4).cohort
-    base = sim._truth_for("stamp", c)
+    c = simulate("stamp", 2000, 4).cohort
+    base = truth_for("stamp", c)
     b0 = benefit(base, "MBT", "CBT")
-    sc = sim._scenario("stamp")
+    sc = get_scenario("stamp")
 
     def effect(frame: pd.DataFrame) -> np.ndarray:
         """MBT minus CBT mean change on the BPI scale (negative favours MBT)."""
@@ -325,7 +335,7 @@ def test_documented_moderators_drive_the_benefit_and_others_do_not() -> None:
         edited(delivery=np.where(c.delivery == "remote", "in_person", "remote")),
         edited(site="S1"),
     ]:
-        pd.testing.assert_frame_equal(sim._truth_for("stamp", frame), base)
+        pd.testing.assert_frame_equal(truth_for("stamp", frame), base)
     # prognostic only: both arms shift equally, the effect on the change scale is unchanged
     for frame in [
         edited(gad7=np.minimum(c.gad7 + 8, 21)),
@@ -344,17 +354,19 @@ def test_documented_moderators_drive_the_benefit_and_others_do_not() -> None:
         "higher non-judging": edited(ffmq_nonjudging=np.minimum(c.ffmq_nonjudging + 5, 15)),
     }
     for name, frame in moves.items():
-        shift = (benefit(sim._truth_for("stamp", frame), "MBT", "CBT") - b0).mean()
+        shift = (benefit(truth_for("stamp", frame), "MBT", "CBT") - b0).mean()
         if "negative" in name:
             assert shift < -0.05, name
         else:
             assert shift > 0.05, name
 
 
-def test_benefit_is_explained_by_the_moderators_alone() -> None:
+def test_benefit_is_explained_by_the_moderators_alone(
+    stamp_big: tuple[SimulatedTrial, pd.DataFrame],
+) -> None:
     """A linear fit of the true benefit on all standardised covariates: the moderators carry
     large coefficients, everything else is (near) zero."""
-    c, t = full("stamp", BIG)[0].cohort, full("stamp", BIG)[0].truth
+    c, t = stamp_big[0].cohort, stamp_big[0].truth
     x = c[
         ["age", "bpi_severity", "bpi_interference", "odi", "pain_duration_years", "phq8",
          "gad7", "pcs", "ffmq_nonjudging", "expectancy", "sf12_mcs", "sf12_pcs"]
@@ -383,14 +395,14 @@ def test_benefit_is_explained_by_the_moderators_alone() -> None:
 
 
 def test_optimum_shape_and_calibration() -> None:
-    small = trial("optimum").cohort
+    small = simulate("optimum", seed=1).cohort
     assert "arm" not in small.columns and "participant_id" not in small.columns
     assert {"patient_id", "group", "peg", "peg_m6", "sessions_attended"} <= set(small.columns)
     assert set(small.group) == {"group_visit", "usual_care"}
     assert abs((small.group == "group_visit").sum() - (small.group == "usual_care").sum()) <= 1
     assert small.peg.between(0, 10).all()
 
-    t = full("optimum", BIG)[0]
+    t = simulate_full("optimum", BIG, seed=1)[0]
     c = t.cohort
     assert 5.7 < c.peg.mean() < 6.5
     diff = (t.truth.expected_change_usual_care - t.truth.expected_change_group_visit).mean()
@@ -428,7 +440,7 @@ def test_same_seed_same_bytes(tmp_path: Path, ext: str, scenario: str) -> None:
 
 @pytest.mark.parametrize("ext", ["csv", "parquet"])
 def test_written_table_round_trips(tmp_path: Path, ext: str) -> None:
-    t = trial("stamp", 300, 3)
+    t = simulate("stamp", 300, 3)
     path = tmp_path / "sub" / f"cohort.{ext}"
     write_table(t.cohort, path)
     back = pd.read_csv(path) if ext == "csv" else pd.read_parquet(path)
@@ -441,13 +453,13 @@ def test_written_table_round_trips(tmp_path: Path, ext: str) -> None:
 
 def test_write_table_rejects_unknown_extension_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
-        write_table(trial("stamp", 20, 0).cohort, tmp_path / "cohort.xlsx")
+        write_table(simulate("stamp", 20, 0).cohort, tmp_path / "cohort.xlsx")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "cohort.parquet"
-    write_table(trial("stamp", 20, 0).cohort, path)
+    write_table(simulate("stamp", 20, 0).cohort, path)
     before = path.read_bytes()
     bad = pd.DataFrame({"x": [object(), object()]})  # pyarrow cannot serialise this
     with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises
@@ -464,7 +476,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 )
 def test_any_size_and_seed_gives_a_coherent_trial(scenario: str, n: int, seed: int) -> None:
     t = simulate(scenario, n=n, seed=seed)
-    sc = sim._scenario(scenario)
+    sc = get_scenario(scenario)
     c = t.cohort
     assert len(c) == len(t.truth) == n
     counts = c[sc.arm_column].value_counts()

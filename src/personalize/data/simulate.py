@@ -73,7 +73,18 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.special import expit, ndtr, ndtri
 
-__all__ = ["SCENARIOS", "SimulatedTrial", "simulate"]
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "SimulatedTrial",
+    "clipped_normal_cdf",
+    "clipped_normal_mean",
+    "get_scenario",
+    "potential_outcomes",
+    "simulate",
+    "simulate_full",
+    "truth_for",
+]
 
 SCENARIOS: tuple[str, ...] = ("stamp", "stamp-null", "optimum")
 
@@ -160,7 +171,7 @@ def _choice(rng: np.random.Generator, probs: FloatArray, labels: list[str]) -> l
     return [labels[i] for i in idx]
 
 
-def _clipped_mean(m: FloatArray, sigma: float, lo: float, hi: float) -> FloatArray:
+def clipped_normal_mean(m: FloatArray, sigma: float, lo: float, hi: float) -> FloatArray:
     """E[clip(Y, lo, hi)] for Y ~ Normal(m, sigma^2) (censored-normal mean)."""
     alpha = (lo - m) / sigma
     beta = (hi - m) / sigma
@@ -171,7 +182,7 @@ def _clipped_mean(m: FloatArray, sigma: float, lo: float, hi: float) -> FloatArr
     )
 
 
-def _prob_clipped_le(
+def clipped_normal_cdf(
     m: FloatArray, sigma: float, threshold: FloatArray, lo: float, hi: float
 ) -> FloatArray:
     """P(clip(Y, lo, hi) <= t) for Y ~ Normal(m, sigma^2)."""
@@ -186,7 +197,10 @@ def _prob_clipped_le(
 
 
 @dataclass(frozen=True)
-class _Scenario:
+class Scenario:
+    """How one scenario generates its cohort, outcomes and dropout, and what its shipped
+    pipeline calls the outcome (the truth is defined for that outcome)."""
+
     name: str
     id_column: str
     arm_column: str
@@ -218,7 +232,7 @@ class _Scenario:
 
 
 def _paired_outcome(
-    sc: _Scenario, frame: pd.DataFrame, eps: FloatArray
+    sc: Scenario, frame: pd.DataFrame, eps: FloatArray
 ) -> dict[str, dict[str, FloatArray]]:
     """Per arm and visit: the unclipped change and the clipped follow-up of the main score."""
     b = frame[sc.outcome_baseline].to_numpy(dtype=np.float64)
@@ -233,15 +247,15 @@ def _paired_outcome(
     return out
 
 
-def _truth(sc: _Scenario, frame: pd.DataFrame) -> pd.DataFrame:
+def _truth(sc: Scenario, frame: pd.DataFrame) -> pd.DataFrame:
     b = frame[sc.outcome_baseline].to_numpy(dtype=np.float64)
     thr = sc.threshold(b)
     cols: dict[str, object] = {sc.id_column: frame[sc.id_column].to_numpy()}
     change: dict[str, FloatArray] = {}
     for arm in sc.arms:
         m = b + sc.mean_change(frame, arm, sc.primary_visit)
-        cols[f"p_response_{arm}"] = _prob_clipped_le(m, sc.sigma, thr, sc.lo, sc.hi)
-        change[arm] = _clipped_mean(m, sc.sigma, sc.lo, sc.hi) - b
+        cols[f"p_response_{arm}"] = clipped_normal_cdf(m, sc.sigma, thr, sc.lo, sc.hi)
+        change[arm] = clipped_normal_mean(m, sc.sigma, sc.lo, sc.hi) - b
     for arm in sc.arms:
         cols[f"expected_change_{arm}"] = change[arm]
     return pd.DataFrame(cols)
@@ -627,8 +641,8 @@ def _optimum_visit_columns(visit: str) -> list[str]:
     return [f"peg_{visit}"]
 
 
-def _make_stamp(null: bool) -> _Scenario:
-    return _Scenario(
+def _make_stamp(null: bool) -> Scenario:
+    return Scenario(
         name="stamp-null" if null else "stamp",
         id_column="participant_id",
         arm_column="arm",
@@ -650,10 +664,10 @@ def _make_stamp(null: bool) -> _Scenario:
     )
 
 
-_SCENARIO_TABLE: dict[str, _Scenario] = {
+_SCENARIO_TABLE: dict[str, Scenario] = {
     "stamp": _make_stamp(null=False),
     "stamp-null": _make_stamp(null=True),
-    "optimum": _Scenario(
+    "optimum": Scenario(
         name="optimum",
         id_column="patient_id",
         arm_column="group",
@@ -676,7 +690,8 @@ _SCENARIO_TABLE: dict[str, _Scenario] = {
 }
 
 
-def _scenario(name: str) -> _Scenario:
+def get_scenario(name: str) -> Scenario:
+    """The scenario called `name`; ValueError naming the valid ones otherwise."""
     try:
         return _SCENARIO_TABLE[name]
     except KeyError:
@@ -685,27 +700,28 @@ def _scenario(name: str) -> _Scenario:
         ) from None
 
 
-def _potential_outcomes(
+def potential_outcomes(
     scenario: str, frame: pd.DataFrame, rng: np.random.Generator
 ) -> dict[str, pd.DataFrame]:
     """Complete (no dropout) follow-ups under each arm for the patients of ``frame``.
 
     Only baseline columns of ``frame`` are read. For tests and benchmarks.
     """
-    sc = _scenario(scenario)
+    sc = get_scenario(scenario)
     return sc.outcomes(frame.reset_index(drop=True), rng)[0]
 
 
-def _truth_for(scenario: str, frame: pd.DataFrame) -> pd.DataFrame:
+def truth_for(scenario: str, frame: pd.DataFrame) -> pd.DataFrame:
     """The truth frame for arbitrary baseline rows (e.g. counterfactually edited ones)."""
-    return _truth(_scenario(scenario), frame.reset_index(drop=True))
+    return _truth(get_scenario(scenario), frame.reset_index(drop=True))
 
 
-def _simulate_full(
+def simulate_full(
     scenario: str, n: int | None = None, seed: int = 0
 ) -> tuple[SimulatedTrial, pd.DataFrame]:
-    """The trial as recorded, plus the same cohort before dropout (for tests)."""
-    sc = _scenario(scenario)
+    """The trial as recorded, plus the same cohort with every follow-up observed (before
+    dropout), so a test can check what the dropout model removed."""
+    sc = get_scenario(scenario)
     if n is None:
         n = sc.default_n
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
@@ -746,4 +762,4 @@ def simulate(scenario: str, n: int | None = None, seed: int = 0) -> SimulatedTri
     bytes). For the same seed and n, ``stamp`` and ``stamp-null`` share covariates,
     allocation and dropout. Raises ``ValueError`` for an unknown scenario or a bad n/seed.
     """
-    return _simulate_full(scenario, n, seed)[0]
+    return simulate_full(scenario, n, seed)[0]

@@ -65,6 +65,11 @@ class Batcher(Generic[Job, Result]):
         self._queue.put(queued)
         return await asyncio.wrap_future(queued.future)
 
+    @property
+    def waiting(self) -> int:
+        """Jobs queued and not yet taken by the scoring thread (approximate while it runs)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         """Stop the scoring thread after the jobs queued so far (the server has stopped
         taking requests when its lifespan ends); a later job starts a new one."""

@@ -120,7 +120,7 @@ class FhirMapping:
             value: Any = None
             origin = ""
             if src.kind == "patient.birthDate":
-                value, origin = _age(patient, today, result.notes, f.label)
+                value, origin = patient_age(patient, today, result.notes, f.label)
             elif src.kind == "patient.gender":
                 gender = patient.get("gender")
                 if gender is not None:
@@ -161,7 +161,7 @@ class FhirMapping:
             opioid_count += 1
             if src.kind == "medications.opioid":
                 continue
-            daily, why = _daily_dose(med, fentanyl="fentanyl" in name)
+            daily, why = daily_dose(med, fentanyl="fentanyl" in name)
             if daily is None:
                 notes.append(f"{label}: cannot compute MME/day for '{name}' ({why}); not used")
                 return None, ""
@@ -211,7 +211,11 @@ def _resources(bundle: Any, kind: str) -> list[dict[str, Any]]:
     return out
 
 
-def _age(patient: dict[str, Any], today: date, notes: list[str], label: str) -> tuple[Any, str]:
+def patient_age(
+    patient: dict[str, Any], today: date, notes: list[str], label: str
+) -> tuple[Any, str]:
+    """Age in whole years on `today` from Patient.birthDate, and where it came from; a
+    partial date (year or year-month) is not guessed at: noted in `notes`, not used."""
     birth = patient.get("birthDate")
     if not birth:
         return None, ""
@@ -291,7 +295,7 @@ def _medication_name(med: dict[str, Any]) -> str:
 PERIOD_HOURS = {"h": 1.0, "d": 24.0, "wk": 168.0, "min": 1 / 60}
 
 
-def _daily_dose(med: dict[str, Any], fentanyl: bool) -> tuple[float | None, str]:
+def daily_dose(med: dict[str, Any], fentanyl: bool) -> tuple[float | None, str]:
     """Scheduled daily dose in mg (transdermal fentanyl: mcg/h), from the first dosage
     instruction; None with the reason when it cannot be computed without guessing."""
     dosages = _items(med.get("dosageInstruction"))

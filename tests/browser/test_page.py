@@ -1,6 +1,6 @@
 """The clinician page in a real browser: Debian's Chromium driven by Playwright for
-Python (no browser download), against a real `personalize serve` on loopback with a demo
-model trained in this test session.
+Python (no browser download), against a real `personalize serve` on loopback serving the
+session's trained STAMP champion (the demo cohort, tests/support/registry.py).
 
 Screenshots go to test-artifacts/page/ (git-ignored). PERSONALIZE_UPDATE_SCREENSHOT=1
 also copies the result screenshot to docs/img/clinician.png (the README's picture).
@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +21,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from service_support import free_port, wait_ok
+from personalize.service.audit import Database
+from personalize.service.auth import create_key, revoke_key
+from support.registry import STAMP_MODEL, TrainedRegistry
+from support.servers import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "page"
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-MODEL = "personalize-stamp"
+MODEL = STAMP_MODEL
 
 # A STAMP-shaped patient; the form is filled from this (the preference separately).
 PATIENT: dict[str, Any] = {
@@ -99,90 +99,18 @@ class Service:
             return json.load(response)
 
 
-def _train_demo_model(root: Path) -> str:
-    """The demo STAMP model (synthetic cohort, seed 7), small bootstrap, promoted."""
-    import mlflow
-
-    from personalize import registry
-    from personalize.config import load_pipeline
-    from personalize.data.simulate import simulate
-
-    spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
-    spec = spec.model_copy(
-        update={
-            "training": spec.training.model_copy(update={"bootstrap": 10}),
-            # the page is under test here, not the gates
-            "gates": spec.gates.model_copy(
-                update={"calibration_slope": (-100.0, 100.0), "max_ece": 1.0}
-            ),
-        }
-    )
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    try:
-        registered = registry.train(spec, simulate("stamp", 770, 7).cohort, uri)
-        registry.promote(registered.model_name, "candidate", uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return uri
-
-
 @pytest.fixture(scope="module")
-def service() -> Iterator[Service]:
-    from personalize.service.audit import Database
-    from personalize.service.auth import create_key
-
-    root = Path(tempfile.mkdtemp(prefix="personalize-page-tests-"))
-    try:
-        tracking_uri = _train_demo_model(root)
-        database_url = f"sqlite:///{root / 'service.db'}"
+def service(
+    tmp_path_factory: pytest.TempPathFactory, trained_registry: TrainedRegistry
+) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("page")
+    page_dir = ROOT / "src" / "personalize" / "service" / "page"
+    with serve(root, trained_registry, env={"PERSONALIZE_PAGE_DIR": str(page_dir)}) as server:
+        database_url = server.env["PERSONALIZE_DATABASE_URL"]
         db = Database(database_url)
-        db.create_schema()
         _, key = create_key(db, "clinician", note="page tests")
         db.dispose()
-
-        port = free_port()
-        env = {
-            **os.environ,
-            "PERSONALIZE_DATABASE_URL": database_url,
-            "PERSONALIZE_CACHE_DIR": str(root / "cache"),
-            "PERSONALIZE_POLL_SECONDS": "0",
-            "PERSONALIZE_PAGE_DIR": str(ROOT / "src" / "personalize" / "service" / "page"),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log = root / "server.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "personalize"),
-                    "serve",
-                    "--model",
-                    f"models:/{MODEL}@champion",
-                    "--tracking-uri",
-                    tracking_uri,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=root,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ok(url + "/readyz", process, lambda: log.read_text())
-            yield Service(url, database_url, key)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        yield Service(server.url, database_url, key)
 
 
 # --------------------------------------------------------------------------- the browser
@@ -397,9 +325,6 @@ def test_a_wrong_key_is_explained_and_another_can_be_entered(tab: Tab, service: 
 def test_a_key_revoked_mid_session_is_explained_and_the_entries_are_kept(
     tab: Tab, service: Service
 ) -> None:
-    from personalize.service.audit import Database
-    from personalize.service.auth import create_key, revoke_key
-
     db = Database(service.database_url)
     try:
         key_id, key = create_key(db, "clinician", note="revoked in a test")

@@ -1,6 +1,7 @@
 """The batch scorer: nothing lost, nothing partial, deterministic, equal to the service.
 
-One registered demo model (T-learner over LightGBM, a short bootstrap) serves the module.
+The session's registered STAMP champion (a T-learner over LightGBM with a short bootstrap,
+tests/support/registry.py) serves the module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from personalize import fast_trees, registry
+from personalize import fast_trees
 from personalize.batch import scoring
 from personalize.cli import app
 from personalize.config import load_pipeline
@@ -30,30 +30,15 @@ from personalize.data.simulate import simulate
 from personalize.data.table import write_table
 from personalize.model import PersonalizeModel
 from personalize.stats.prognosis import Prognosis
+from support.registry import STAMP_MODEL, TrainedRegistry
 
-pytestmark = pytest.mark.slow  # trains and registers a model once for the module
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mlflow")
+pytestmark = pytest.mark.slow  # scores with the session's trained registry
 
 
 @pytest.fixture(scope="module")
-def registered(store: Path) -> scoring.ResolvedModel:
-    spec = load_pipeline("pipelines/stamp.yaml")
-    name = f"score-test-{uuid.uuid4().hex[:6]}"
-    spec = spec.model_copy(
-        update={
-            "name": name,
-            "training": spec.training.model_copy(update={"bootstrap": 10, "learners": ["t"]}),
-            "registry": spec.registry.model_copy(update={"model_name": name}),
-        }
-    )
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    reg = registry.train(spec, simulate("stamp", 770, 2).cohort, uri)
-    resolved = scoring.resolve_model(f"models:/{reg.model_name}@candidate", uri)
-    assert resolved.version == reg.version
+def registered(trained_registry: TrainedRegistry) -> scoring.ResolvedModel:
+    resolved = scoring.resolve_model(trained_registry.champion(), trained_registry.uri)
+    assert resolved.version == trained_registry.versions[STAMP_MODEL][0]
     # the interval must exercise the bootstrap members (a slope of 0 skips them)
     assert resolved.model.benefit_calibration.slope > 0
     return resolved
@@ -267,7 +252,7 @@ def test_ctrl_c_mid_way_leaves_no_output(registered: scoring.ResolvedModel, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
-def _cli(registered: scoring.ResolvedModel, store: Path, *args: str) -> list[str]:
+def _cli(registered: scoring.ResolvedModel, tracking_uri: str, *args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -277,7 +262,7 @@ def _cli(registered: scoring.ResolvedModel, store: Path, *args: str) -> list[str
         "--model",
         f"models:/{registered.name}/{registered.version}",
         "--tracking-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
+        tracking_uri,
     ]
 
 
@@ -297,12 +282,12 @@ def _start_and_wait_for_output(cmd: list[str], directory: Path) -> subprocess.Po
 
 @pytest.mark.parametrize("how", ["kill", "terminate"])
 def test_killing_the_scorer_leaves_no_output(
-    registered: scoring.ResolvedModel, store: Path, tmp_path: Path, how: str
+    registered: scoring.ResolvedModel, trained_registry: TrainedRegistry, tmp_path: Path, how: str
 ) -> None:
     write_table(referrals(registered.model, 100_000, 4), tmp_path / "in.parquet")
     cmd = _cli(
-        registered, store, str(tmp_path / "in.parquet"), "--out", str(tmp_path / "out.parquet"),
-        "--chunk-size", "1000", "--threads", "1",
+        registered, trained_registry.uri, str(tmp_path / "in.parquet"),
+        "--out", str(tmp_path / "out.parquet"), "--chunk-size", "1000", "--threads", "1",
     )  # fmt: skip
     proc = _start_and_wait_for_output(cmd, tmp_path)
     if how == "kill":
@@ -471,23 +456,23 @@ def test_seen_ids_flag_repeats_across_chunks() -> None:
 
 
 def test_cli_scores_with_the_pipelines_champion_and_explains(
-    registered: scoring.ResolvedModel, store: Path, tmp_path: Path
+    registered: scoring.ResolvedModel, trained_registry: TrainedRegistry, tmp_path: Path
 ) -> None:
+    # its own copy of the registry: the test removes `champion`, then sets it again
+    own = trained_registry.copy(tmp_path / "registry")
+    own.remove_champion(registered.name)
     write_table(referrals(registered.model, 200, 8), tmp_path / "in.parquet")
     runner = CliRunner()
-    uri = f"sqlite:///{store / 'mlflow.db'}"
+    uri = own.uri
     args = ["score", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "out.csv")]
     result = runner.invoke(app, [*args, "--tracking-uri", uri, "--explain", "5", "--json"])
     assert result.exit_code == 2 and "pass --model" in result.output
-    pipeline = tmp_path / "pipeline.yaml"
-    text = Path("pipelines/stamp.yaml").read_text()
-    pipeline.write_text(text.replace("personalize-stamp}", f"{registered.name}}}"))
+    pipeline = Path("pipelines/stamp.yaml")  # its registry.model_name is the model scored
+    assert load_pipeline(pipeline).registry.model_name == registered.name
     # no champion yet: a clear error, nothing written
     result = runner.invoke(app, [*args, "--tracking-uri", uri, "--pipeline", str(pipeline)])
     assert result.exit_code == 1 and "champion" in result.output
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(uri).set_registered_model_alias(registered.name, "champion", registered.version)
+    own.set_champion(registered.version, registered.name)
     result = runner.invoke(
         app, [*args, "--tracking-uri", uri, "--pipeline", str(pipeline), "--explain", "5", "--json"]
     )

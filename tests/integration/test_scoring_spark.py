@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from personalize import registry
 from personalize.batch import scoring
-from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
 from personalize.data.table import write_table
+from support.registry import TrainedRegistry
 
 pyspark = pytest.importorskip("pyspark")
 pytestmark = pytest.mark.slow
@@ -32,19 +30,9 @@ def spark() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> scoring.ResolvedModel:
-    spec = load_pipeline("pipelines/stamp.yaml")
-    name = f"spark-test-{uuid.uuid4().hex[:6]}"
-    spec = spec.model_copy(
-        update={
-            "name": name,
-            "training": spec.training.model_copy(update={"bootstrap": 10, "learners": ["x"]}),
-            "registry": spec.registry.model_copy(update={"model_name": name}),
-        }
-    )
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    reg = registry.train(spec, simulate("stamp", 770, 2).cohort, uri)
-    return scoring.resolve_model(f"models:/{reg.model_name}/{reg.version}", uri)
+def registered(trained_registry: TrainedRegistry) -> scoring.ResolvedModel:
+    """The session's STAMP champion (tests/support/registry.py)."""
+    return scoring.resolve_model(trained_registry.champion(), trained_registry.uri)
 
 
 def test_spark_and_local_engines_give_identical_outputs(

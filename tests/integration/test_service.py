@@ -26,15 +26,10 @@ from personalize.service.audit import ApiKey, AuditRecord, Database, ServiceSecr
 from personalize.service.auth import create_key, revoke_key, split_key
 from personalize.service.commands import TcpConfig
 from personalize.service.config import Settings, SettingsError
-from service_support import (
-    STAMP_MODEL,
-    STAMP_PATIENT,
-    free_port,
-    key,
-    postgres_database,
-    settings,
-    trained_registry,
-)
+from support.postgres import PostgresDatabase
+from support.registry import STAMP_MODEL, TrainedRegistry
+from support.servers import free_port
+from support.service import STAMP_PATIENT, key, settings
 
 # --------------------------------------------------------------------------- no model needed
 
@@ -154,17 +149,6 @@ def test_the_served_socket_is_tcp_so_every_connection_gets_nodelay() -> None:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Any:
-    return create_app(settings(tmp_path))
-
-
-@pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture
 def clinician(app: Any, client: TestClient) -> dict[str, str]:
     return key(app, "clinician")
 
@@ -191,14 +175,16 @@ def recommend(client: TestClient, headers: dict[str, str], **patient: Any) -> An
 
 
 @pytest.mark.slow
-def test_ready_and_healthy_with_the_champion(client: TestClient) -> None:
+def test_ready_and_healthy_with_the_champion(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     body = ready.json()
     assert (
         body["ready"] is True
-        and body["model"]["version"] == trained_registry().versions[STAMP_MODEL][0]
+        and body["model"]["version"] == trained_registry.versions[STAMP_MODEL][0]
     )
     assert body["model"]["source"] == "registry" and body["model"]["synthetic"] is True
 
@@ -370,8 +356,10 @@ def test_keys_and_roles(app: Any, client: TestClient) -> None:
 
 
 @pytest.mark.slow
-def test_batch_keeps_order_bounds_count_and_body_size(tmp_path: Path) -> None:
-    app = create_app(settings(tmp_path, batch_max=3, max_body_bytes=4096))
+def test_batch_keeps_order_bounds_count_and_body_size(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    app = create_app(settings(tmp_path, trained_registry, batch_max=3, max_body_bytes=4096))
     with TestClient(app) as client:
         researcher = key(app, "researcher")
         patients = [{**STAMP_PATIENT, "age": a} for a in (30, 50, 70)]
@@ -439,12 +427,14 @@ def test_batch_keeps_order_bounds_count_and_body_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_model_card_json_and_markdown(client: TestClient, clinician: dict[str, str]) -> None:
+def test_model_card_json_and_markdown(
+    client: TestClient, clinician: dict[str, str], trained_registry: TrainedRegistry
+) -> None:
     r = client.get("/v1/model", headers=clinician)
     assert r.status_code == 200
     body = r.json()
     assert body["source"] == "registry" and body["synthetic"] is True
-    assert body["model_uri"] == trained_registry().champion()
+    assert body["model_uri"] == trained_registry.champion()
     card = body["card"]
     assert card["model"]["version"] == body["version"] == "1"
     assert card["synthetic"] is True and card["intended_use"]["not_intended_for"]
@@ -485,9 +475,11 @@ def test_openapi_shows_the_models_own_contract(client: TestClient) -> None:
 
 
 @pytest.mark.slow
-def test_another_cohorts_model_brings_its_own_contract(tmp_path: Path) -> None:
-    reg = trained_registry()
-    app = create_app(settings(tmp_path, model_uri="models:/personalize-optimum@champion"))
+def test_another_cohorts_model_brings_its_own_contract(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    optimum = "models:/personalize-optimum@champion"
+    app = create_app(settings(tmp_path, trained_registry, model_uri=optimum))
     with TestClient(app) as client:
         clinician = key(app, "clinician")
         schema = client.get("/v1/schema", headers=clinician).json()
@@ -507,12 +499,18 @@ def test_another_cohorts_model_brings_its_own_contract(tmp_path: Path) -> None:
         assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "patient.phq8"
         doc = client.get("/openapi.json").json()
         assert "peg" in doc["components"]["schemas"]["Patient"]["properties"]
-    assert reg.versions["personalize-optimum"] == ["1"]
+    assert trained_registry.versions["personalize-optimum"] == ["1"]
 
 
 @pytest.mark.slow
-def test_continuous_outcome_reports_expected_improvement(tmp_path: Path) -> None:
-    app = create_app(settings(tmp_path, model_uri="models:/personalize-stamp-continuous@champion"))
+def test_continuous_outcome_reports_expected_improvement(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    app = create_app(
+        settings(
+            tmp_path, trained_registry, model_uri="models:/personalize-stamp-continuous@champion"
+        )
+    )
     with TestClient(app) as client:
         r = recommend(client, key(app, "clinician"))
         assert r.status_code == 200, r.text
@@ -561,19 +559,23 @@ def test_audit_log_on_sqlite(tmp_path: Path, app: Any, client: TestClient) -> No
 
 
 @pytest.mark.slow
-def test_audit_log_on_postgres(tmp_path: Path) -> None:
-    with postgres_database() as url:
-        app = create_app(settings(tmp_path, database_url=url))
-        with TestClient(app) as client:
-            _audit(app, client, url)
+def test_audit_log_on_postgres(
+    tmp_path: Path, trained_registry: TrainedRegistry, postgres_db: PostgresDatabase
+) -> None:
+    url = postgres_db.sqlalchemy_url
+    app = create_app(settings(tmp_path, trained_registry, database_url=url))
+    with TestClient(app) as client:
+        _audit(app, client, url)
 
 
 @pytest.mark.slow
-def test_pseudonyms_use_the_configured_secret_and_survive_restarts(tmp_path: Path) -> None:
-    app = create_app(settings(tmp_path, pseudonym_secret="s3cret"))
+def test_pseudonyms_use_the_configured_secret_and_survive_restarts(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    app = create_app(settings(tmp_path, trained_registry, pseudonym_secret="s3cret"))
     with TestClient(app) as client:
         r = recommend(client, key(app, "clinician"))
-    app2 = create_app(settings(tmp_path, pseudonym_secret="s3cret"))
+    app2 = create_app(settings(tmp_path, trained_registry, pseudonym_secret="s3cret"))
     with TestClient(app2) as client:
         r2 = recommend(client, key(app2, "clinician"))
     db = Database(f"sqlite:///{tmp_path / 'service.db'}")
@@ -659,8 +661,11 @@ def test_metrics_count_requests_predictions_and_the_loaded_version(
 
 
 @pytest.mark.slow
-def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> None:
-    reg = trained_registry().copy(tmp_path / "registry")
+def test_hot_swap_keeps_requests_in_flight_on_their_version(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    # its own copy of the registry: the test moves `champion`
+    reg = trained_registry.copy(tmp_path / "registry")
     app = create_app(settings(tmp_path, reg))
     with TestClient(app) as client:
         clinician, admin = key(app, "clinician"), key(app, "admin")
@@ -699,8 +704,11 @@ def test_hot_swap_keeps_requests_in_flight_on_their_version(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_concurrent_requests_never_fail_while_the_champion_moves(tmp_path: Path) -> None:
-    reg = trained_registry().copy(tmp_path / "registry")
+def test_concurrent_requests_never_fail_while_the_champion_moves(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    # its own copy of the registry: the test moves `champion`
+    reg = trained_registry.copy(tmp_path / "registry")
     app = create_app(settings(tmp_path, reg, poll_seconds=0.05))
     with TestClient(app) as client:
         clinician, admin = key(app, "clinician"), key(app, "admin")
@@ -734,17 +742,19 @@ def test_concurrent_requests_never_fail_while_the_champion_moves(tmp_path: Path)
 
 @pytest.mark.slow
 def test_unreachable_registry_serves_the_cached_model_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, trained_registry: TrainedRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = create_app(settings(tmp_path))
+    first = create_app(settings(tmp_path, trained_registry))
     with TestClient(first) as client:
         assert client.get("/readyz").status_code == 200  # loaded and cached
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    from service_support import free_port
-
     down = f"http://127.0.0.1:{free_port()}"
-    app = create_app(settings(tmp_path, tracking_uri=down, registry_timeout=3, retry_seconds=60))
+    app = create_app(
+        settings(
+            tmp_path, trained_registry, tracking_uri=down, registry_timeout=3, retry_seconds=60
+        )
+    )
     with TestClient(app) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["model"]["source"] == "cache"
@@ -760,8 +770,11 @@ def test_unreachable_registry_serves_the_cached_model_and_says_so(
 
 
 @pytest.mark.slow
-def test_without_a_cache_it_stays_not_ready_and_retries(tmp_path: Path) -> None:
-    reg = trained_registry().copy(tmp_path / "registry")
+def test_without_a_cache_it_stays_not_ready_and_retries(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
+    # its own copy of the registry: the test moves `champion`
+    reg = trained_registry.copy(tmp_path / "registry")
     from mlflow.tracking import MlflowClient
 
     MlflowClient(reg.uri).delete_registered_model_alias(STAMP_MODEL, "champion")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from personalize.service.app import create_app
 from personalize.service.audit import AuditRecord
 from personalize.service.cds_hooks import SUMMARY_MAX, summary
 from personalize.service.fhir import daily_dose, patient_age
@@ -23,7 +20,7 @@ from personalize.service.schemas import (
     Recommendation,
     TrainedOn,
 )
-from service_support import key, settings
+from support.service import key
 
 LOINC = "http://loinc.org"
 LOCAL = "urn:personalize:feature"
@@ -105,17 +102,6 @@ def full_prefetch() -> dict[str, Any]:
             medication("ibuprofen 400 MG", 400, 3),
         ),
     }
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Any:
-    return create_app(settings(tmp_path))
-
-
-@pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
 
 
 SERVICE = "/cds-services/personalize-recommendation"

@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from personalize.service.routes import ROUTERS
-from service_support import Server, cli, serve, trained_registry
+from support.registry import TrainedRegistry
+from support.servers import Server, cli, serve
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +53,11 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, trained_registry: TrainedRegistry
+) -> Iterator[tuple[Server, dict[str, str]]]:
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
-    with serve(tmp, trained_registry(), env={"PERSONALIZE_BATCH_MAX": "20"}) as server:
+    with serve(tmp, trained_registry, env={"PERSONALIZE_BATCH_MAX": "20"}) as server:
         made = cli("keys", "create", "--role", "admin", env=server.env)
         assert made.returncode == 0, made.stderr
         yield server, {"Authorization": f"Bearer {made.stdout.strip()}"}

@@ -14,16 +14,10 @@ import pytest
 from sqlalchemy import func, select
 
 from personalize.service.audit import AuditRecord, Database
-from service_support import (
-    STAMP_MODEL,
-    STAMP_PATIENT,
-    Registry,
-    Server,
-    cli,
-    postgres_database,
-    serve,
-    trained_registry,
-)
+from support.postgres import PostgresDatabase
+from support.registry import STAMP_MODEL, TrainedRegistry
+from support.servers import Server, cli, serve
+from support.service import STAMP_PATIENT
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +38,8 @@ def metric(text: str, metric_name: str, **labels: str) -> float:
     return total
 
 
-def test_serve_end_to_end_on_loopback(tmp_path: Path) -> None:
-    with serve(tmp_path, trained_registry()) as server:
+def test_serve_end_to_end_on_loopback(tmp_path: Path, trained_registry: TrainedRegistry) -> None:
+    with serve(tmp_path, trained_registry) as server:
         clinician = new_key(server, "clinician")
         with httpx.Client(base_url=server.url, timeout=30) as client:
             assert client.get("/healthz").json() == {"status": "ok"}
@@ -63,13 +57,13 @@ def test_serve_end_to_end_on_loopback(tmp_path: Path) -> None:
     assert "now serving personalize-stamp version 1" in server.output()
 
 
-def test_two_workers_share_the_audit_database_keys_and_metrics(tmp_path: Path) -> None:
-    with (
-        postgres_database() as url,
-        serve(
-            tmp_path, trained_registry(), workers=2, env={"PERSONALIZE_DATABASE_URL": url}
-        ) as server,
-    ):
+def test_two_workers_share_the_audit_database_keys_and_metrics(
+    tmp_path: Path, trained_registry: TrainedRegistry, postgres_db: PostgresDatabase
+) -> None:
+    url = postgres_db.sqlalchemy_url
+    with serve(
+        tmp_path, trained_registry, workers=2, env={"PERSONALIZE_DATABASE_URL": url}
+    ) as server:
         clinician = new_key(server, "clinician")
         n = 30
         for i in range(n):  # a new connection each time: the kernel spreads them over workers
@@ -108,10 +102,11 @@ def test_two_workers_share_the_audit_database_keys_and_metrics(tmp_path: Path) -
             assert r.status_code == 401
 
 
-def test_a_reload_reaches_every_worker(tmp_path: Path) -> None:
+def test_a_reload_reaches_every_worker(tmp_path: Path, trained_registry: TrainedRegistry) -> None:
     """POST /v1/admin/reload lands on one worker; the others follow through the database
     signal, not at their next registry poll (which this server never does)."""
-    reg = trained_registry().copy(tmp_path / "registry")
+    # its own copy of the registry: the test moves `champion`
+    reg = trained_registry.copy(tmp_path / "registry")
     with serve(tmp_path, reg, workers=2) as server:
         admin, clinician = new_key(server, "admin"), new_key(server, "clinician")
 
@@ -142,13 +137,18 @@ def test_a_reload_reaches_every_worker(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def swap_server(tmp_path: Path) -> Iterator[tuple[Server, Registry]]:
-    reg = trained_registry().copy(tmp_path / "registry")
+def swap_server(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> Iterator[tuple[Server, TrainedRegistry]]:
+    # its own copy of the registry: the test moves `champion`
+    reg = trained_registry.copy(tmp_path / "registry")
     with serve(tmp_path, reg, workers=2, env={"PERSONALIZE_POLL_SECONDS": "0.3"}) as server:
         yield server, reg
 
 
-def test_hot_swap_under_load_loses_no_request(swap_server: tuple[Server, Registry]) -> None:
+def test_hot_swap_under_load_loses_no_request(
+    swap_server: tuple[Server, TrainedRegistry],
+) -> None:
     server, reg = swap_server
     clinician, admin = new_key(server, "clinician"), new_key(server, "admin")
     stop = threading.Event()

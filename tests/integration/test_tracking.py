@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,8 @@ from personalize.config import Pipeline, load_pipeline
 from personalize.data.simulate import simulate
 from personalize.data.table import write_table
 from personalize.data.validate import CohortError
+from support.postgres import PostgresDatabase
+from support.servers import free_port, stop, wait_ok
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +43,8 @@ def small(name: str = "stamp", **gates: object) -> Pipeline:
 
 @pytest.fixture
 def uri(tmp_path: Path) -> str:
+    """A store of each test's own, not the session's trained registry: what these tests
+    check is what training registers (versions, aliases, failed runs) from empty."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
@@ -200,75 +201,39 @@ def test_cli_train_json_and_promote(tmp_path: Path, uri: str) -> None:
 
 # --- a real MLflow tracking server backed by PostgreSQL on 127.0.0.1:5432 -------------------
 
-PG = os.environ.get("PERSONALIZE_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-
-
-def _postgres_or_skip() -> None:
-    import psycopg
-
-    try:
-        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        if os.environ.get("PERSONALIZE_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"no PostgreSQL reachable at {PG}: {exc}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
-def postgres_server(tmp_path: Path) -> Iterator[str]:
-    _postgres_or_skip()
-    import psycopg
-
-    db = f"personalize_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg.connect(f"{PG}/postgres", autocommit=True)
-    admin.execute(f'CREATE DATABASE "{db}"')
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"{PG}/{db}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def postgres_server(tmp_path: Path, postgres_db: PostgresDatabase) -> Iterator[str]:
+    """`mlflow server` on a free loopback port, its store a fresh PostgreSQL database."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                postgres_db.url,
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        import urllib.request
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((tmp_path / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
+        wait_ok(f"{url}/health", server, log.read_text)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
+        stop(server)
 
 
 def test_training_against_a_postgres_backed_tracking_server(postgres_server: str, cohort) -> None:

@@ -40,6 +40,8 @@ def heldout() -> dict[str, object]:
     return {s: simulate(s, 4000, 999) for s in ("stamp", "stamp-null")}
 
 
+# Trained here, not taken from the session's registry (tests/conftest.py): these tests judge
+# the shipped pipelines themselves (every learner, the full bootstrap) against the truth.
 @pytest.fixture(scope="module")
 def stamp() -> training.TrainResult:
     return training.fit(pipeline("stamp"), simulate("stamp", 770, STAMP_SEED).cohort)

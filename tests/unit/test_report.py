@@ -34,6 +34,9 @@ def stamp() -> Pipeline:
     return load_pipeline(ROOT / "pipelines" / "stamp.yaml")
 
 
+# Training runs of this module's own, not the session's registry (tests/conftest.py): the
+# report reads a TrainResult, which the registry does not keep, and these fast tests must
+# not wait for the registry's training.
 @pytest.fixture(scope="module")
 def result(stamp: Pipeline) -> training.TrainResult:
     return training.fit(small(stamp), simulate("stamp", 400, 3).cohort)

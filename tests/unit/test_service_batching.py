@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from personalize.service.app import create_app
 from personalize.service.batching import Batcher
 from personalize.service.recommend import score
-from service_support import STAMP_PATIENT, settings
+from support.registry import TrainedRegistry
+from support.service import STAMP_PATIENT, settings
 
 
 class Recorder:
@@ -166,9 +167,11 @@ def test_the_scoring_thread_restarts_after_close() -> None:
 
 
 @pytest.mark.slow
-def test_a_patient_scored_in_a_batch_gets_the_same_bits_as_alone(tmp_path: Path) -> None:
+def test_a_patient_scored_in_a_batch_gets_the_same_bits_as_alone(
+    tmp_path: Path, trained_registry: TrainedRegistry
+) -> None:
     """What makes batching safe: every step of predict is row by row."""
-    app = create_app(settings(tmp_path))
+    app = create_app(settings(tmp_path, trained_registry))
     with TestClient(app):
         loaded = app.state.holder.current
         patients = [

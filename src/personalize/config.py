@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from personalize.learners import learner_names
+from personalize.learners import default_learner_names, learner_names
 
 NO_PREFERENCE = "none"  # the preference column's value for a stated preference for neither arm
 
@@ -156,7 +156,7 @@ class ValidationRules(Strict):
 class Training(Strict):
     folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
-    learners: list[str] = Field(default_factory=learner_names, min_length=1)
+    learners: list[str] = Field(default_factory=default_learner_names, min_length=1)
     interval_level: float = Field(default=0.9, gt=0, lt=1)
     bootstrap: int = Field(default=50, ge=10)
     ipcw_clip: float = Field(default=10.0, gt=1)

@@ -105,6 +105,20 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def in_parts(n: int, work: Callable[[int, int], None], min_rows: int = 4096) -> None:
+    """Call work(start, stop) over row ranges covering 0..n, on up to `threads()` threads
+    (for kernels that release the GIL and write disjoint rows: results are identical for
+    any number of threads)."""
+    parts = min(_threads, max(1, n // min_rows))
+    if parts <= 1:
+        work(0, n)
+        return
+    edges = np.linspace(0, n, parts + 1).astype(np.int64).tolist()
+    futures = [_executor().submit(work, a, b) for a, b in itertools.pairwise(edges) if b > a]
+    for fut in futures:
+        fut.result()
+
+
 # --------------------------------------------------------------------------- parsing
 
 

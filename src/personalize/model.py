@@ -127,27 +127,60 @@ class PersonalizeModel:
         p0, p1 = self._calibrate(*type(self.learner).arms_of(self.ensemble, X))
         return p1 - p0
 
-    def arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def individual_interval(self) -> bool:
+        """True when the interval is a posterior interval for the patient's own benefit;
+        False when it is a bootstrap interval for the expected benefit of patients like
+        this one (docs/training.md, "Intervals")."""
+        return self.learner.posterior
+
+    def benefit_draws(self, X: pd.DataFrame) -> np.ndarray | None:
+        """Posterior draws of each patient's benefit (rows x draws), for a learner that has
+        them (per-arm outcome draws, differenced draw by draw); else None."""
+        if not self.learner.posterior:
+            return None
+        p0, p1 = self._calibrate(*self.learner.arm_draws(X))
+        return p1 - p0
+
+    def arms(
+        self, X: pd.DataFrame, draws: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Expected outcome under control and under treatment: the calibrated prognosis
-        m(x) split by the calibrated benefit (see `prognosis`)."""
+        m(x) split by the calibrated benefit (see `prognosis`). `draws`: `benefit_draws(X)`
+        when the caller has them (the benefit is then their mean)."""
         m = self.prognosis.predict(X)
         if self.prognosis_calibrator is not None:
             m = self.prognosis_calibrator.transform(m)
-        benefit = self.benefit_calibration.apply(self._raw_benefit(self.learner, X))
+        if self.learner.posterior:
+            draws = self.benefit_draws(X) if draws is None else draws
+            assert draws is not None
+            raw = draws.mean(axis=1)
+        else:
+            raw = self._raw_benefit(self.learner, X)
+        benefit = self.benefit_calibration.apply(raw)
         return split_arms(m, benefit, self.allocation, self.binary)
 
     def benefit_interval(
-        self, X: pd.DataFrame, benefit: np.ndarray
+        self, X: pd.DataFrame, benefit: np.ndarray, draws: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """benefit +- z * sd, where sd combines the bootstrap variance of the learner's
-        prediction (scaled by the benefit slope) and the uncertainty of the benefit
-        calibration's average effect and slope.
+        """The benefit's interval at the rule's level.
+
+        A posterior learner's is the equal-tailed posterior interval of the patient's
+        benefit (from `draws`, or computed). Otherwise it is benefit +- z * sd, where sd
+        combines the bootstrap variance of the learner's prediction (scaled by the benefit
+        slope) and the uncertainty of the benefit calibration's average effect and slope.
 
         Every bootstrap member's trees are evaluated together, in one compiled pass per
         input (`fast_trees.batch`; raw scores bit-identical to LightGBM's), so the interval
         no longer costs one LightGBM call per member and arm. With a benefit slope of 0
         (no heterogeneity: the calibrated benefit ignores the learner) the members' spread
         does not enter and is not computed."""
+        if self.learner.posterior:
+            draws = self.benefit_draws(X) if draws is None else draws
+            assert draws is not None
+            tail = (1 - self.rule.level) / 2
+            lower, upper = np.quantile(draws, [tail, 1 - tail], axis=1)
+            return np.minimum(lower, benefit), np.maximum(upper, benefit)
         bc = self.benefit_calibration
         with self._batch():
             if bc.slope == 0:  # the members' spread is multiplied by 0: skip computing it
@@ -231,9 +264,10 @@ class PersonalizeModel:
         X = features_of(cols, self.pipeline)
         # columns read from `cols`, each booster evaluated once per input: shared by all
         with columns_reading(X, cols), self._batch():
-            p0, p1 = self.arms(X)
+            draws = self.benefit_draws(X)
+            p0, p1 = self.arms(X, draws)
             benefit = p1 - p0
-            lower, upper = self.benefit_interval(X, benefit)
+            lower, upper = self.benefit_interval(X, benefit, draws)
             names, index, contribution = self._top_drivers(X, explain, (p0, p1))
             warnings = self.training_range.warnings(X)
         rec, why = self.rule.decide(benefit, lower, upper, preference)

@@ -325,12 +325,18 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     candidates: dict[str, Candidate] = {}
     for name in cfg.learners:
         arms = calibrate_arms(pipeline, cohort, weight, *oof[name], folds)
-        tau_hat = arms.mu1 - arms.mu0
+        posterior = learner_class(name).posterior
+        # a posterior learner's benefit is its own posterior mean (its prior shrinks it);
+        # the others' are calibrated per arm, then for benefit
+        tau_hat = oof[name][1] - oof[name][0] if posterior else arms.mu1 - arms.mu0
         blp = blp_test(cohort.y, cohort.treated, e, *nuisance, tau_hat, weight)
         diff = blp.differential_forest_prediction
-        bc = BenefitCalibration.from_blp(
-            blp.ate, blp.ate_se, diff.estimate, diff.se, float(np.average(tau_hat, weights=None))
-        )
+        if posterior:
+            bc = BenefitCalibration.identity(diff.estimate)
+        else:
+            bc = BenefitCalibration.from_blp(
+                blp.ate, blp.ate_se, diff.estimate, diff.se, float(np.mean(tau_hat))
+            )
         cand = Candidate(name, arms, tau_hat, bc.apply(tau_hat), blp, bc)
         # DR-loss of the benefit after calibration for benefit: its expectation is PEHE plus
         # a constant, and recalibrating first stops flat (over-shrunk) learners from winning
@@ -383,11 +389,16 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)
     learner.fit(cohort.X[obs], cohort.treated[obs], cohort.y[obs], weight[obs])
     step("refit")
-    ensemble = bootstrap_ensemble(learner, cohort, weight, cfg.bootstrap, cfg.seed, step)
+    if learner.posterior:  # the posterior draws are its uncertainty: no bootstrap
+        ensemble: list[EffectLearner] = []
+        for _ in range(cfg.bootstrap):
+            step("posterior draws")
+    else:
+        ensemble = bootstrap_ensemble(learner, cohort, weight, cfg.bootstrap, cfg.seed, step)
     model = PersonalizeModel(
         pipeline=pipeline,
         learner=learner,
-        calibrators=best.arms.calibrators,
+        calibrators=None if learner.posterior else best.arms.calibrators,
         benefit_calibration=best.benefit_calibration,
         prognosis=prognosis,
         prognosis_calibrator=prognosis_cal,

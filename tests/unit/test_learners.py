@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 
 from personalize import fast_trees
-from personalize.learners import ARM_DRIVER, learner_names, make_learner
+from personalize.learners import ARM_DRIVER, learner_class, learner_names, make_learner
 from personalize.learners.base import rescale
 
 N = 1500
+
+# a posterior learner samples for seconds per fit: its cases run with the slow tests
+LEARNERS = [
+    pytest.param(name, marks=pytest.mark.slow) if learner_class(name).posterior else name
+    for name in learner_names()
+]
 
 
 def trial(
@@ -40,7 +46,7 @@ def trial(
 
 
 @pytest.mark.parametrize("kind", ["binary", "continuous"])
-@pytest.mark.parametrize("name", learner_names())
+@pytest.mark.parametrize("name", LEARNERS)
 def test_contributions_are_exact_and_benefit_is_difference(name: str, kind: str) -> None:
     X, t, y, w = trial(kind)
     learner = make_learner(name, kind, seed=0).fit(X, t, y, w)
@@ -57,7 +63,7 @@ def test_contributions_are_exact_and_benefit_is_difference(name: str, kind: str)
 
 
 @pytest.mark.parametrize("kind", ["binary", "continuous"])
-@pytest.mark.parametrize("name", learner_names())
+@pytest.mark.parametrize("name", LEARNERS)
 def test_an_ensembles_arms_at_once_are_each_members_bits(name: str, kind: str) -> None:
     """`arms_of` (the interval's bootstrap members in one call) changes no number, with
     the compiled trees batched (as predict does) or not, for a few rows or many."""
@@ -97,7 +103,7 @@ def test_risk_model_has_a_constant_relative_effect() -> None:
     np.testing.assert_allclose(log_or, log_or[0], atol=1e-9)
 
 
-@pytest.mark.parametrize("name", learner_names())
+@pytest.mark.parametrize("name", LEARNERS)
 def test_same_seed_same_answer_and_clone_is_unfitted(name: str) -> None:
     X, t, y, w = trial("binary", seed=2)
     a = make_learner(name, "binary", seed=3).fit(X, t, y, w).benefit(X)

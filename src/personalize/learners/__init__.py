@@ -34,6 +34,15 @@ def learner_names() -> list[str]:
     return list(learners())
 
 
+def default_learner_names() -> list[str]:
+    """The pre-specified candidates when a pipeline file lists none: the learners marked
+    `default` (all of them if none is). Pre-specifying one learner spends no power on a
+    choice that the out-of-fold losses cannot make reliably at trial size
+    (docs/training.md, "Choosing a learner")."""
+    chosen = [name for name, cls in learners().items() if cls.default]
+    return chosen or learner_names()
+
+
 def learner_class(name: str) -> type[EffectLearner]:
     known = learners()
     if name not in known:
@@ -56,6 +65,7 @@ __all__ = [
     "ArmContributions",
     "EffectLearner",
     "Kind",
+    "default_learner_names",
     "learner_class",
     "learner_names",
     "learners",

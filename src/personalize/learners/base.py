@@ -81,6 +81,8 @@ class EffectLearner(ABC):
     description: str = ""  # one line for the model card
     linear: bool = False  # a linear model: the benefit's drivers are its coefficients
     complexity: int = 100  # the one-SE rule prefers lower (simpler) among near-equals
+    posterior: bool = False  # `arm_draws` gives posterior draws; the interval comes from them
+    default: bool = False  # a pre-specified candidate of a pipeline file that names none
 
     def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
         self.kind = kind
@@ -97,6 +99,11 @@ class EffectLearner(ABC):
     @abstractmethod
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
         """Exact additive decomposition of predict_arms."""
+
+    def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws of the expected outcome under control and under treatment (rows x
+        draws), for a learner with `posterior = True`; their means are `predict_arms`."""
+        raise NotImplementedError(f"{self.name} gives no posterior draws")
 
     def boosters(self) -> list[Any]:
         """The fitted gradient-boosted tree models this learner predicts with (compiled

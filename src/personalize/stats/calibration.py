@@ -186,6 +186,12 @@ class BenefitCalibration:
         se = slope_se if np.isfinite(slope_se) else 0.0
         return cls(ate, ate_se, float(np.clip(raw, 0.0, cls.MAX_SLOPE)), se, center, raw)
 
+    @classmethod
+    def identity(cls, raw_slope: float) -> BenefitCalibration:
+        """No recalibration (a posterior learner's benefit is its posterior mean, already
+        shrunk by its prior); `raw_slope` is kept for the report."""
+        return cls(0.0, 0.0, 1.0, 0.0, 0.0, raw_slope)
+
     def apply(self, tau: np.ndarray) -> np.ndarray:
         return self.ate + self.slope * (tau - self.center)
 

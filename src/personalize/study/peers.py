@@ -20,8 +20,10 @@ How the peers see the data, so the comparison is of the causal method and nothin
 - Recommendations: the same rule as ours without the evidence gate: the sign of the benefit
   when the peer's interval excludes zero and `|benefit| >= decision.margin`, else `either`.
 
-The peers' libraries (EconML, CausalML, stochtree) are the optional `bench` extra, so each adapter
-imports its library inside `fit`: the study runs without them when peers are off.
+EconML and CausalML are the optional `bench` extra, so each adapter imports its library
+inside `fit`: the study runs without them when peers are off. stochtree is a dependency of
+the product itself (the `bcf` learner); the BCF peer runs it as a researcher would, with the
+reference settings and no weights.
 """
 
 from __future__ import annotations

@@ -141,8 +141,12 @@ def run_ours(
     )
     if diagnose:
         X = model.features(test)
-        draws = np.column_stack([model._raw_benefit(m, X) for m in model.ensemble])
         raw = model._raw_benefit(model.learner, X)
+        posterior = model.benefit_draws(X)
+        if posterior is None:
+            draws = np.column_stack([model._raw_benefit(m, X) for m in model.ensemble])
+        else:
+            draws = posterior
         pred.extra["_var_boot"] = draws.var(axis=1, ddof=1)
         pred.extra["_coef_var"] = model.benefit_calibration.coefficient_var(raw)
         pred.extra["_oof_raw_var"] = float(result.candidates[result.chosen].tau_raw.var())
@@ -168,7 +172,7 @@ def candidate_benefits(
             learner = make_learner(name, pipeline.outcome.kind, pipeline.training.seed)
             learner.fit(cohort.X[obs], cohort.treated[obs], cohort.y[obs], w[obs])
         mu0, mu1 = learner.predict_arms(X)
-        if cand.arms.calibrators is not None:
+        if cand.arms.calibrators is not None and not learner.posterior:
             c0, c1 = cand.arms.calibrators
             mu0, mu1 = c0.transform(mu0), c1.transform(mu1)
         out[name] = cand.benefit_calibration.apply(mu1 - mu0)

@@ -1,0 +1,362 @@
+"""Bayesian Causal Forests (Hahn, Murray & Carvalho 2020), fitted with `stochtree`.
+
+Two sums of trees: a prognostic forest mu(x) and an effect forest tau(x), regularised
+towards a homogeneous effect, with a known propensity (the trial's allocation ratio). For
+a binary outcome the link is probit: control = Phi(mu(x)), treatment = Phi(mu(x) + tau(x)).
+The posterior draws give each patient's benefit an interval that covers the patient's own
+benefit, not only that of patients like them (docs/training.md, "Intervals").
+
+After fitting, the forests are copied into plain arrays (`TreeArrays`) and evaluated by
+compiled loops: the model pickles without stochtree's C++ objects, and scoring needs no
+stochtree at all. Drivers are path attributions of the posterior-mean forests (Saabas):
+along each patient's path every split's change in the expected leaf value goes to its
+feature, so they add up exactly to the patient's latent value, and the rescale rule
+carries them to the probability scale as for the other learners.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Self
+
+import numba
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from personalize import fast_trees
+from personalize.data.columns import columns
+from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
+
+# Warm-start (grow-from-root) sweeps, burn-in and posterior draws, of which every KEEP-th
+# is stored for scoring; trees per forest. Measured on simulated trials: 200 draws after a
+# short burn-in cover the patient's benefit as 1,000 after 500 do, and 100 stored draws as
+# all 200, at a fraction of the scoring time (docs/training.md, "Intervals").
+GFR, BURNIN, DRAWS, KEEP = 10, 100, 200, 2
+TREES_MU, TREES_TAU = 100, 50
+ROW_BLOCK = 256  # rows evaluated per tree at a time (the tree's nodes stay in cache)
+
+
+class Design:
+    """Features as the forests see them: numeric values (a missing value takes the training
+    mean, so training and scoring agree) and one 0/1 column per declared level."""
+
+    def fit(self, X: pd.DataFrame) -> Self:
+        self.features_ = list(X.columns)
+        cols = columns(X)
+        self.means_ = {
+            name: float(np.nanmean(col.values)) if np.isfinite(col.values).any() else 0.0
+            for name, col in cols.items()
+            if col.levels is None
+        }
+        groups: list[int] = []
+        for j, name in enumerate(self.features_):
+            levels = cols[name].levels
+            groups += [j] * (len(levels) if levels is not None else 1)
+        self.groups_ = np.asarray(groups, dtype=np.int64)
+        return self
+
+    def matrix(self, X: pd.DataFrame) -> np.ndarray:
+        blocks = []
+        cols = columns(X)
+        for name in self.features_:
+            col = cols[name]
+            if col.levels is None:
+                blocks.append(np.where(np.isnan(col.values), self.means_[name], col.values))
+            else:
+                codes = col.codes
+                blocks.extend((codes == k).astype(float) for k in range(len(col.levels)))
+        return np.ascontiguousarray(np.column_stack(blocks), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class TreeArrays:
+    """Every tree of every kept draw of one forest, flattened: node arrays with absolute
+    child indices (leaves have feature -1), `start[d * trees + t]` the root of draw d's
+    tree t, and each node's expected value under the training rows (`mean`), which the
+    path attributions read."""
+
+    trees: int
+    draws: int
+    start: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    mean: np.ndarray
+
+    @classmethod
+    def from_json(cls, container: dict, keep: np.ndarray, X_train: np.ndarray) -> TreeArrays:
+        trees = int(container["num_trees"])
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        value: list[float] = []
+        start = []
+        for d in keep:
+            forest = container[f"forest_{int(d)}"]
+            for t in range(trees):
+                tree = forest[f"tree_{t}"]
+                start.append(len(feature))
+                order, stack = [], [0]  # reachable nodes, depth first (deleted ones dropped)
+                while stack:
+                    node = stack.pop()
+                    order.append(node)
+                    if tree["node_type"][node] != 0:
+                        stack += [tree["right"][node], tree["left"][node]]
+                renumber = {node: len(feature) + i for i, node in enumerate(order)}
+                for node in order:
+                    if tree["node_type"][node] == 2:
+                        raise ValueError("categorical splits are not expected (one-hot design)")
+                    split = tree["node_type"][node] != 0
+                    feature.append(tree["split_index"][node] if split else -1)
+                    threshold.append(tree["threshold"][node] if split else 0.0)
+                    left.append(renumber[tree["left"][node]] if split else -1)
+                    right.append(renumber[tree["right"][node]] if split else -1)
+                    value.append(0.0 if split else tree["leaf_value"][node])
+        arrays = dict(
+            start=np.asarray(start, dtype=np.int64),
+            feature=np.asarray(feature, dtype=np.int64),
+            threshold=np.asarray(threshold, dtype=np.float64),
+            left=np.asarray(left, dtype=np.int64),
+            right=np.asarray(right, dtype=np.int64),
+            value=np.asarray(value, dtype=np.float64),
+        )
+        mean = _node_means(X_train, *arrays.values())
+        return cls(trees=trees, draws=len(keep), mean=mean, **arrays)
+
+    def sums(self, X: np.ndarray) -> np.ndarray:
+        """Each draw's sum of trees for each row (rows x draws)."""
+        out = np.zeros((X.shape[0], self.draws))
+        fast_trees.in_parts(len(X), lambda a, b: _forest_sums(
+            X, a, b, self.trees, self.draws, self.start, self.feature, self.threshold,
+            self.left, self.right, self.value, out,
+        ))  # fmt: skip
+        return out
+
+    def merged(self) -> TreeArrays:
+        """The sum of all draws' trees as one forest with each distinct tree shape (same
+        splits) once and the node means of its copies added: a path attribution is linear
+        in the node means, so the posterior-mean forest is explained at the cost of its
+        distinct shapes (most trees survive several draws unchanged)."""
+        shapes: dict[tuple[tuple[int, ...], ...], int] = {}
+        parts: list[tuple[slice, np.ndarray]] = []
+        for k in range(self.trees * self.draws):
+            nodes = slice(
+                int(self.start[k]),
+                int(self.start[k + 1]) if k + 1 < len(self.start) else len(self.feature),
+            )
+            base = nodes.start
+            key = (
+                tuple(self.feature[nodes].tolist()),
+                tuple(self.threshold[nodes].tolist()),
+                tuple(np.where(self.left[nodes] >= 0, self.left[nodes] - base, -1).tolist()),
+            )
+            if key in shapes:
+                parts[shapes[key]][1][:] += self.mean[nodes]
+            else:
+                shapes[key] = len(parts)
+                parts.append((nodes, self.mean[nodes].copy()))
+        feature, threshold, left, right, mean, start = [], [], [], [], [], []
+        offset = 0
+        for nodes, node_means in parts:
+            shift = offset - nodes.start
+            start.append(offset)
+            feature.append(self.feature[nodes])
+            threshold.append(self.threshold[nodes])
+            left.append(np.where(self.left[nodes] >= 0, self.left[nodes] + shift, -1))
+            right.append(np.where(self.right[nodes] >= 0, self.right[nodes] + shift, -1))
+            mean.append(node_means)
+            offset += nodes.stop - nodes.start
+        flat = np.concatenate
+        return TreeArrays(
+            trees=len(parts), draws=1, start=np.asarray(start, dtype=np.int64),
+            feature=flat(feature), threshold=flat(threshold), left=flat(left),
+            right=flat(right), value=np.zeros(offset), mean=flat(mean),
+        )  # fmt: skip
+
+    def attributions(self, X: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Path attributions of scale * (the sum of all trees): (phi rows x columns, base),
+        base + phi.sum(1) equal to that sum. Call on `merged()`."""
+        base = scale * float(self.mean[self.start].sum())
+        phi = np.zeros(X.shape)
+        fast_trees.in_parts(len(X), lambda a, b: _attributions(
+            X, a, b, scale, self.trees, self.start, self.feature, self.threshold,
+            self.left, self.right, self.mean, phi,
+        ))  # fmt: skip
+        return phi, base
+
+
+@numba.njit(nogil=True, cache=True)
+def _leaf(x, i, node, feature, threshold, left, right, value):
+    while feature[node] >= 0:
+        node = left[node] if x[i, feature[node]] <= threshold[node] else right[node]
+    return value[node]
+
+
+@numba.njit(nogil=True, cache=True)
+def _forest_sums(X, a, b, trees, draws, start, feature, threshold, left, right, value, out):
+    """out[i, d] = sum of draw d's trees at row i, for rows a..b. Blocks of rows, each tree
+    over a block: its nodes stay in cache (the sum's order is the same for every block)."""
+    for s in range(a, b, ROW_BLOCK):
+        e = min(b, s + ROW_BLOCK)
+        for d in range(draws):
+            for t in range(trees):
+                root = start[d * trees + t]
+                for i in range(s, e):
+                    out[i, d] += _leaf(X, i, root, feature, threshold, left, right, value)
+
+
+@numba.njit(nogil=True, cache=True)
+def _node_means(X, start, feature, threshold, left, right, value):
+    """Each node's mean leaf value over the training rows that reach it (its own value for
+    a leaf; a node no row reaches takes the plain mean of its children)."""
+    count = np.zeros(len(feature))
+    for root in start:
+        for i in range(X.shape[0]):
+            node = root
+            while feature[node] >= 0:
+                count[node] += 1.0
+                node = left[node] if X[i, feature[node]] <= threshold[node] else right[node]
+            count[node] += 1.0
+    mean = np.zeros(len(feature))
+    for node in range(len(feature) - 1, -1, -1):  # children follow their parents
+        if feature[node] < 0:
+            mean[node] = value[node]
+        else:
+            cl, cr = count[left[node]], count[right[node]]
+            if cl + cr > 0:
+                mean[node] = (cl * mean[left[node]] + cr * mean[right[node]]) / (cl + cr)
+            else:
+                mean[node] = 0.5 * (mean[left[node]] + mean[right[node]])
+    return mean
+
+
+@numba.njit(nogil=True, cache=True)
+def _attributions(X, a, b, scale, trees, start, feature, threshold, left, right, mean, phi):
+    """phi[i, f] += scale * (mean[child] - mean[node]) at every split on f along row i's
+    path in every tree, for rows a..b (blocked like `_forest_sums`)."""
+    for s in range(a, b, ROW_BLOCK):
+        e = min(b, s + ROW_BLOCK)
+        for t in range(trees):
+            root = start[t]
+            for i in range(s, e):
+                node = root
+                while feature[node] >= 0:
+                    f = feature[node]
+                    nxt = left[node] if X[i, f] <= threshold[node] else right[node]
+                    phi[i, f] += scale * (mean[nxt] - mean[node])
+                    node = nxt
+
+
+class BCFLearner(EffectLearner):
+    name = "bcf"
+    title = "Bayesian Causal Forest"
+    description = (
+        "Bayesian Causal Forest (Hahn, Murray & Carvalho 2020; stochtree): prognostic and "
+        "effect forests, posterior intervals for each patient's benefit"
+    )
+    # First among near-equals: the one learner whose intervals cover each patient's own
+    # benefit, and whose prior shrinks towards a homogeneous effect (the most regularised).
+    complexity = 5
+    posterior = True
+    default = True
+
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
+        from stochtree import BCFModel, OutcomeModel  # a compiled library: load when fitting
+
+        self.design_ = Design().fit(X)
+        Z = self.design_.matrix(X)
+        binary = self.kind == "binary"
+        self.allocation_ = float(np.average(treated, weights=weight))
+        model = BCFModel()
+        with warnings.catch_warnings():  # "global error variance not sampled with probit"
+            warnings.simplefilter("ignore", UserWarning)
+            model.sample(
+                X_train=Z,
+                Z_train=treated.astype(float),
+                y_train=y.astype(float),
+                propensity_train=np.full(len(y), self.allocation_),
+                observation_weights=weight.astype(float),
+                num_gfr=GFR,
+                num_burnin=BURNIN,
+                num_mcmc=DRAWS,
+                general_params={
+                    "outcome_model": OutcomeModel(
+                        outcome="binary" if binary else "continuous",
+                        link="probit" if binary else "identity",
+                    ),
+                    "adaptive_coding": False,
+                    "random_seed": self.seed,
+                    "num_threads": 1,
+                },
+                prognostic_forest_params={"num_trees": TREES_MU},
+                treatment_effect_forest_params={"num_trees": TREES_TAU},
+            )
+        keep = np.arange(0, model.num_samples, KEEP)
+        Zp = np.column_stack([Z, np.full(len(Z), self.allocation_)])  # + the propensity column
+        self.mu_ = TreeArrays.from_json(
+            json.loads(model.forest_container_mu.dump_json_string()), keep, Zp
+        )
+        self.tau_ = TreeArrays.from_json(
+            json.loads(model.forest_container_tau.dump_json_string()), keep, Zp
+        )
+        self.mu_mean_, self.tau_mean_ = self.mu_.merged(), self.tau_.merged()
+        self.y_bar_ = float(model.y_bar)
+        self.y_std_ = float(model.y_std)
+        tau_0 = np.asarray(model.tau_0_samples, dtype=float) if model.sample_tau_0 else None
+        self.tau_0_ = np.zeros(len(keep)) if tau_0 is None else np.ravel(tau_0)[keep]
+        return self
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        Z = self.design_.matrix(X)
+        return np.ascontiguousarray(np.column_stack([Z, np.full(len(Z), self.allocation_)]))
+
+    def latent_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(control, effect) per row and draw on the latent (probit) or outcome scale."""
+        Z = self._matrix(X)
+        control = self.y_bar_ + self.y_std_ * self.mu_.sums(Z)
+        effect = self.tau_0_ + self.y_std_ * self.tau_.sums(Z)
+        return control, effect
+
+    def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws of the expected outcome under each arm (rows x draws)."""
+        control, effect = self.latent_draws(X)
+        if self.kind == "binary":
+            return ndtr(control), ndtr(control + effect)
+        return control, control + effect
+
+    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        mu0, mu1 = self.arm_draws(X)
+        return mu0.mean(axis=1), mu1.mean(axis=1)
+
+    def contributions(self, X: pd.DataFrame) -> ArmContributions:
+        Z = self._matrix(X)
+        scale = self.y_std_ / self.mu_.draws
+        phi_c, base_c = self.mu_mean_.attributions(Z, scale)
+        phi_e, base_e = self.tau_mean_.attributions(Z, scale)
+        base_c += self.y_bar_
+        base_e += float(self.tau_0_.mean())
+        # one-hot columns back to their feature; the constant propensity column (which no
+        # split can separate, so it gets nothing) to the arm driver's slot
+        groups = np.append(self.design_.groups_, len(self.design_.features_))
+        phi0 = np.zeros((len(X), len(self.design_.features_) + 1))
+        phi1 = np.zeros_like(phi0)
+        for col, group in enumerate(groups):
+            phi0[:, group] += phi_c[:, col]
+            phi1[:, group] += phi_c[:, col] + phi_e[:, col]
+        mu0, mu1 = self.predict_arms(X)
+        b0, b1 = np.full(len(X), base_c), np.full(len(X), base_c + base_e)
+        if self.kind == "binary":
+            b0, b1 = ndtr(b0), ndtr(b1)
+        return ArmContributions(
+            [*self.design_.features_, ARM_DRIVER],
+            b0,
+            rescale(phi0, mu0 - b0),
+            b1,
+            rescale(phi1, mu1 - b1),
+        )

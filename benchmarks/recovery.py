@@ -46,6 +46,10 @@ PARTS: dict[str, list[tuple[str, str, tuple[int, ...], str]]] = {
         ("stamp-null", "pipelines/stamp-null.yaml", (770,), "stamp-null"),
     ],
     "continuous": [("stamp", "pipelines/stamp-continuous.yaml", (770,), "stamp-continuous")],
+    "null": [  # type I error: many null replications, a binary and a continuous shape
+        ("stamp-null", "pipelines/stamp-null.yaml", (770,), "stamp-null-typeI"),
+        ("stamp-null", "pipelines/stamp-null-continuous.yaml", (770,), "stamp-null-continuous"),
+    ],
     "curve": [("stamp", "pipelines/stamp.yaml", SAMPLE_SIZES, "stamp-curve")],
 }
 
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-n", type=int, default=TEST_N)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--sizes", type=int, nargs="+", help="cohort sizes (default per part)")
+    parser.add_argument("--prefix-suffix", default="", help="appended to the output prefix")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -82,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=200) if not Console().is_terminal else Console()
     err = Console(stderr=True)
     parts = list(PARTS) if args.part == "all" else [args.part]
-    peers = () if args.no_peers else PEERS
+    peers = () if args.no_peers else tuple(args.peers)
     for part in parts:
-        for scenario, pipeline, sizes, prefix in PARTS[part]:
+        for scenario, pipeline, part_sizes, part_prefix in PARTS[part]:
+            sizes = tuple(args.sizes) if args.sizes else part_sizes
+            prefix = part_prefix + args.prefix_suffix
             results: list[StudyResult] = []
             start = time.perf_counter()
             with Progress(

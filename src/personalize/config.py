@@ -156,7 +156,7 @@ class ValidationRules(Strict):
 class Training(Strict):
     folds: int = Field(default=5, ge=2, le=20)
     seed: int = 0
-    learners: list[str] = Field(default_factory=default_learner_names, min_length=1)
+    learners: list[str] | None = Field(default=None, min_length=1)  # None: the defaults
     interval_level: float = Field(default=0.9, gt=0, lt=1)
     bootstrap: int = Field(default=50, ge=10)
     ipcw_clip: float = Field(default=10.0, gt=1)
@@ -205,10 +205,16 @@ class Pipeline(Strict):
         if unknown:
             raise ValueError(f"subgroups {unknown} are not declared features")
         known = learner_names()
-        unknown = [k for k in self.training.learners if k not in known]
+        unknown = [k for k in self.training.learners or [] if k not in known]
         if unknown:
             raise ValueError(f"training.learners: unknown {unknown}; choose from {known}")
         return self
+
+    @property
+    def learners(self) -> list[str]:
+        """The candidate learners: `training.learners`, or the defaults for the outcome's
+        kind when the file names none."""
+        return list(self.training.learners or default_learner_names(self.outcome.kind))
 
     @property
     def required_columns(self) -> list[str]:

@@ -134,6 +134,15 @@ class PersonalizeModel:
         this one (docs/training.md, "Intervals")."""
         return self.learner.posterior
 
+    @property
+    def interval_covers(self) -> str:
+        if self.individual_interval:
+            return "this patient's own benefit (posterior interval)"
+        return (
+            "the average benefit of patients like this one (bootstrap interval); "
+            "individual patients vary more"
+        )
+
     def benefit_draws(self, X: pd.DataFrame) -> np.ndarray | None:
         """Posterior draws of each patient's benefit (rows x draws), for a learner that has
         them (per-arm outcome draws, differenced draw by draw); else None."""

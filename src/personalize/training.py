@@ -294,7 +294,7 @@ def one_se_choice(candidates: dict[str, Candidate], scores: np.ndarray) -> str:
 def progress_steps(pipeline: Pipeline) -> int:
     """How many times `fit` calls its `step` callback (for a progress bar)."""
     cfg = pipeline.training
-    return 4 + 1 + len(cfg.learners) + 2 + cfg.bootstrap
+    return 4 + 1 + len(pipeline.learners) + 2 + cfg.bootstrap
 
 
 def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> TrainResult:
@@ -314,7 +314,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     nuisance = cross_fit(outcome_model, cohort, weight, folds)
     step("cross-fit outcome model")
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in cfg.learners:
+    for name in pipeline.learners:
         learner = make_learner(name, pipeline.outcome.kind, cfg.seed)
         same = type(learner) is type(outcome_model)  # the same fit: reuse it
         oof[name] = nuisance if same else cross_fit(learner, cohort, weight, folds)
@@ -323,7 +323,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     m = e * nuisance[1] + (1 - e) * nuisance[0]
 
     candidates: dict[str, Candidate] = {}
-    for name in cfg.learners:
+    for name in pipeline.learners:
         arms = calibrate_arms(pipeline, cohort, weight, *oof[name], folds)
         posterior = learner_class(name).posterior
         # a posterior learner's benefit is its own posterior mean (its prior shrinks it);
@@ -384,6 +384,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         evidence_reason=reason,
         binary=binary,
         heterogeneity=het,
+        individual=learner_class(chosen).posterior,
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)

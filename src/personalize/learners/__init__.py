@@ -34,13 +34,12 @@ def learner_names() -> list[str]:
     return list(learners())
 
 
-def default_learner_names() -> list[str]:
-    """The pre-specified candidates when a pipeline file lists none: the learners marked
-    `default` (all of them if none is). Pre-specifying one learner spends no power on a
-    choice that the out-of-fold losses cannot make reliably at trial size
+def default_learner_names(kind: Kind) -> list[str]:
+    """The pre-specified candidates when a pipeline file lists none: the learners whose
+    `default_for` has the outcome's kind. For a binary outcome that is one learner, which
+    spends no power on a choice the out-of-fold losses cannot make reliably at trial size
     (docs/training.md, "Choosing a learner")."""
-    chosen = [name for name, cls in learners().items() if cls.default]
-    return chosen or learner_names()
+    return [name for name, cls in learners().items() if kind in cls.default_for]
 
 
 def learner_class(name: str) -> type[EffectLearner]:

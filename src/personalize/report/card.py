@@ -477,15 +477,25 @@ def _limitations(result: TrainResult) -> list[str]:
             "predictions that the calibration-for-benefit groups are computed on, so the "
             "groups' agreement with the diagonal is partly by construction."
         )
-    items += [
-        f"Benefit intervals ({rule.level:.0%}) come from a bootstrap ensemble of "
-        f"{len(result.model.ensemble)} refits (plus the uncertainty of the benefit "
-        "recalibration, where used): they reflect estimation variance, not model "
-        "misspecification, unmeasured moderators or shift between the trial and practice. "
-        "They are for the average benefit among patients with the same predicted benefit; "
-        "an individual's benefit varies more (in the recovery study at N = 770 a nominal "
-        "90% interval covered the true individual benefit about two times in three).",
-    ]
+    if result.model.individual_interval:
+        items.append(
+            f"Benefit intervals ({rule.level:.0%}) are the {learner_class(result.chosen).title}'s "
+            "posterior intervals for each patient's own benefit. They rest on its prior and "
+            "do not reflect unmeasured moderators or shift between the trial and practice. "
+            "How often they covered simulated patients' true benefit at trial size is "
+            "measured in the recovery study (benchmarks/results/recovery.md): at N = 770 "
+            "somewhat less often than nominal."
+        )
+    else:
+        items += [
+            f"Benefit intervals ({rule.level:.0%}) come from a bootstrap ensemble of "
+            f"{len(result.model.ensemble)} refits (plus the uncertainty of the benefit "
+            "recalibration, where used): they reflect estimation variance, not model "
+            "misspecification, unmeasured moderators or shift between the trial and practice. "
+            "They are for the average benefit among patients with the same predicted benefit; "
+            "an individual's benefit varies more (in the recovery study at N = 770 a nominal "
+            "90% interval covered the true individual benefit about two times in three).",
+        ]
     if result.ipcw.method == "complete_case":
         items.append(
             "Missing outcomes were handled by complete-case analysis, which assumes "

@@ -183,7 +183,7 @@ def detail(rec: Recommendation, treatment: str, control: str, extraction: Extrac
         "",
         f"Benefit, {treatment} minus {control}: {_signed(rec.benefit.estimate, binary)} "
         f"({rec.benefit.level:.0%} interval {_signed(rec.benefit.lower, binary)} to "
-        f"{_signed(rec.benefit.upper, binary)})",
+        f"{_signed(rec.benefit.upper, binary)}, for {rec.benefit.covers})",
         "",
     ]
     if rec.drivers:

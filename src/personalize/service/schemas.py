@@ -66,11 +66,13 @@ class Benefit(BaseModel):
     lower: float = Field(description="lower end of the interval")
     upper: float = Field(description="upper end of the interval")
     level: float = Field(
-        description="nominal coverage of the interval, e.g. 0.9. The interval is for the "
-        "average benefit among patients like this one (same predicted benefit): the model's "
-        "uncertainty, not the spread of individual responses, which is wider; see the model "
-        "card and benchmarks/results/recovery.md"
+        description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
+        "in `covers`: with the default Bayesian Causal Forest, this patient's own benefit (a "
+        "posterior interval); with a bootstrap learner, the average benefit of patients like "
+        "this one. How often it covered simulated patients' true benefit is measured in "
+        "benchmarks/results/recovery.md and stated in the model card"
     )
+    covers: str = Field(description="what the interval is an interval for, in words")
     definition: str = Field(description="e.g. 'MBT minus CBT (positive favours MBT)'")
     scale: Literal["probability", "points"]
 
@@ -516,6 +518,7 @@ def recommendation_from_row(
             lower=finite(row["benefit_lower"]),
             upper=finite(row["benefit_upper"]),
             level=rule.level,
+            covers=model.interval_covers,
             definition=f"{t} minus {c} (positive favours {t})",
             scale="probability" if binary else "points",
         ),

@@ -28,6 +28,7 @@ class DecisionRule:
     # heterogeneity detected: only then may a recommendation go against a stated preference
     # (an average effect says nothing about whether this patient is an exception)
     heterogeneity: bool = False
+    individual: bool = False  # the interval covers the patient's own benefit (posterior)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,7 +74,7 @@ class DecisionRule:
                     reason += " (the trial data show no reliable difference between arms)"
                 elif lower[i] <= 0 <= upper[i]:
                     reason += (
-                        f" (the {pct} interval for patients like this one includes no difference)"
+                        f" (the {pct} interval for {self._whom} includes no difference)"
                     )
                 else:
                     reason += (
@@ -96,6 +97,10 @@ class DecisionRule:
                     f"{self._signed(upper[i])})"
                 )
         return rec, why
+
+    @property
+    def _whom(self) -> str:
+        return "this patient's benefit" if self.individual else "patients like this one"
 
     @staticmethod
     def _stated(preference: np.ndarray | None, n: int) -> np.ndarray:

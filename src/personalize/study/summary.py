@@ -28,6 +28,9 @@ SUMMARY_MEDIANS = [
     "coverage",
     "group_coverage",
     "width",
+    "gain_capture",
+    "share_against_preference",
+    "accuracy_against_preference",
     "seconds",
 ]
 TABLE_COLUMNS = [
@@ -43,6 +46,8 @@ TABLE_COLUMNS = [
     ("coverage", "coverage", "{:.2f}"),
     ("group_coverage", "group cov.", "{:.2f}"),
     ("width", "width", "{:.3f}"),
+    ("gain_capture", "gain capture", "{:.2f}"),
+    ("share_either_min", "either (worst rep.)", "{:.2f}"),
     ("het_reject_rate", "het. rejects", "{:.2f}"),
     ("seconds", "s/fit", "{:.1f}"),
 ]
@@ -76,6 +81,10 @@ def summarize(records: pd.DataFrame, level: float) -> pd.DataFrame:
         row["pehe_q25"] = float(g["pehe"].quantile(0.25))
         row["pehe_q75"] = float(g["pehe"].quantile(0.75))
         row["pehe_over_sd"] = float((g["pehe"] / g["sd_true"]).median())
+        row["share_either_min"] = float(g["share_either"].min())
+        row["gain_capture_mean"] = (
+            float(g["gain_capture"].mean()) if g["gain_capture"].notna().any() else math.nan
+        )
         row["coverage_mean"] = (
             float(g["coverage"].mean()) if g["coverage"].notna().any() else (math.nan)
         )

@@ -17,6 +17,11 @@ Definitions (every number in the tables):
   policy value; `gain` = policy value minus treating everyone with the truly better single
   arm. Also reported: `regret_avgarm` (`either` -> the method's better average arm for
   everyone) and `regret_plugin` (treat whenever the point benefit is > 0, no abstention).
+- **gain capture**: (value - best single arm) / (oracle - best single arm), with `either`
+  resolved as a clinic would: the stated preference, and either arm at random (the mean of
+  the two arms' true outcomes) for a patient without one. `share_against_preference` and
+  `accuracy_against_preference`: recommendations that contradict a stated preference, and
+  how often they name the truly better arm.
 - **accuracy**: among patients with a non-`either` recommendation, the share whose
   recommended arm is truly better (a true benefit of exactly 0, as everywhere on
   `stamp-null`, counts as wrong: the recommendation had no basis).
@@ -180,6 +185,23 @@ def score(
     m["gain"] = value - best
     m["regret_avgarm"] = oracle - truth.value(np.where(active, rec > 0, avg_arm))
     m["regret_plugin"] = oracle - truth.value(b > 0)
+    # the decision's value as a clinic would use it: `either` follows the stated preference,
+    # and a patient without one gets either arm at random; the share of the oracle's gain
+    # over the better single arm that this captures
+    tr, ct = truth.treatment, truth.control
+    follow = np.where(
+        preference == treatment, tr, np.where(preference == control, ct, (tr + ct) / 2)
+    )
+    decided = np.where(active, np.where(rec > 0, tr, ct), follow)
+    m["gain_capture"] = (
+        float((decided.mean() - best) / (oracle - best)) if oracle - best > 1e-12 else math.nan
+    )
+    stated_arm = np.where(preference == treatment, 1, np.where(preference == control, -1, 0))
+    against = active & (stated_arm != 0) & (rec != stated_arm)
+    m["share_against_preference"] = float(against.mean())
+    m["accuracy_against_preference"] = (
+        float((rec[against] * tau[against] > 0).mean()) if against.any() else math.nan
+    )
     m["value_oracle"] = oracle
     m["value_best_arm"] = best
     m["regret_best_arm"] = oracle - best

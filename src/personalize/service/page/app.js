@@ -909,8 +909,7 @@
         ? `The ${level}% interval includes no difference (0).`
         : `The whole ${level}% interval favours ${b.estimate > 0 ? treatment.label : control.label}.`,
       ` Positive values favour ${treatment.label}; negative values favour ${control.label}.` +
-      " The interval is for the average difference among patients like this one; " +
-      "individual patients vary more.")));
+      ` The interval is for ${b.covers}.`)));
 
     // drivers
     if (result.drivers.length) {

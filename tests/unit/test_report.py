@@ -212,7 +212,12 @@ def test_markdown_card_contents(result: training.TrainResult) -> None:
     assert "Inverse probability of censoring weighting" in md
     assert f"{result.ipcw.effective_sample_size:.0f}" in md
     assert "run-abc123" in md and "| Version | 7 |" in md
-    assert "bootstrap" in md  # intervals: estimation variance only
+    # the limitations say what the interval covers: the patient's own benefit (posterior)
+    # or the average benefit of similar patients (bootstrap)
+    if result.model.individual_interval:
+        assert "posterior intervals for each patient's own benefit" in md
+    else:
+        assert "bootstrap" in md
 
 
 def test_unregistered_card(result: training.TrainResult) -> None:

@@ -283,9 +283,10 @@ class BCFLearner(EffectLearner):
                 Z_train=treated.astype(float),
                 y_train=y.astype(float),
                 propensity_train=np.full(len(y), self.allocation_),
-                # weights act as precisions: scaled to mean 1 on the fitted rows, IPCW keeps
-                # the posterior as wide as the observed sample warrants
-                observation_weights=weight / weight.mean(),
+                # weights act as precisions: scaled to sum to the effective sample size
+                # (Kish), the IPCW-weighted likelihood carries no more information than
+                # that many patients, and the posterior is as wide as they warrant
+                observation_weights=weight * weight.sum() / (weight**2).sum(),
                 num_gfr=GFR,
                 num_burnin=BURNIN,
                 num_mcmc=DRAWS,

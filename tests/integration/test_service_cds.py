@@ -227,7 +227,13 @@ def test_card_summary_stays_under_140_characters() -> None:
         rationale="r",
         arms={long: arm, "usual": arm.model_copy(update={"role": "control"})},
         benefit=Benefit(
-            estimate=0.1, lower=0.05, upper=0.2, level=0.9, definition="d", scale="probability"
+            estimate=0.1,
+            lower=0.05,
+            upper=0.2,
+            level=0.9,
+            covers="c",
+            definition="d",
+            scale="probability",
         ),
         outcome=OutcomeInfo(kind="binary", definition="d"),
         drivers=[],

@@ -209,8 +209,11 @@ class PersonalizeModel:
 
     def warm(self) -> None:
         """Compile the trees now (e.g. when a service loads the model) rather than on the
-        first request."""
+        first request, and run one patient with every value missing through the whole
+        predict path (a learner's own compiled code loads on its first call)."""
         fast_trees.warm_up(self.learner.boosters(), self._boosters)
+        nobody = pd.DataFrame({name: [None] for name in self.pipeline.features})
+        self.predict_arrays(nobody, explain=1)
 
     def _batch(self) -> contextlib.AbstractContextManager[None]:
         """Evaluate the learner's and every bootstrap member's boosters together."""

@@ -37,6 +37,15 @@ class Column:
         bootstrap member's linear design reads them)."""
         return np.where(np.isnan(self.values), -1, self.values).astype(np.int64)
 
+    def onehot(self) -> np.ndarray:
+        """A categorical as one 0/1 column per level (all 0 where missing)."""
+        assert self.levels is not None, "one-hot encoding needs a categorical column"
+        codes = self.codes
+        out = np.zeros((len(codes), len(self.levels)))
+        seen = codes >= 0
+        out[np.flatnonzero(seen), codes[seen]] = 1.0
+        return out
+
 
 def convert(col: pd.Series) -> Column:
     if isinstance(col.dtype, pd.CategoricalDtype):

@@ -66,8 +66,7 @@ class Design:
             if col.levels is None:
                 blocks.append(np.where(np.isnan(col.values), self.means_[name], col.values))
             else:
-                codes = col.codes
-                blocks.extend((codes == k).astype(float) for k in range(len(col.levels)))
+                blocks.extend(col.onehot().T)
         return np.ascontiguousarray(np.column_stack(blocks), dtype=np.float64)
 
 

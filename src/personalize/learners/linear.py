@@ -52,12 +52,8 @@ class LinearDesign:
         for j, name in enumerate(self.features_):
             col = cols[name]
             if col.levels is not None:
-                codes = col.codes
-                onehot = np.zeros((len(X), len(col.levels)))
-                seen = codes >= 0
-                onehot[np.flatnonzero(seen), codes[seen]] = 1.0
-                blocks.append(onehot)
-                groups += [j] * onehot.shape[1]
+                blocks.append(col.onehot())
+                groups += [j] * len(col.levels)
             else:
                 mean, sd = self.stats_[name]
                 values = np.nan_to_num(col.values, nan=mean)
@@ -78,11 +74,7 @@ class LinearDesign:
         for name in self.features_:
             col = cols[name]
             if col.levels is not None:
-                codes = col.codes
-                onehot = np.zeros((len(X), len(col.levels)))
-                seen = codes >= 0
-                onehot[np.flatnonzero(seen), codes[seen]] = 1.0
-                blocks.append(onehot)
+                blocks.append(col.onehot())
             else:
                 present = ~np.isnan(col.values)
                 blocks.append(np.where(present, col.values, 0.0)[:, None])

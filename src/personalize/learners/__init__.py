@@ -36,9 +36,7 @@ def learner_names() -> list[str]:
 
 def default_learner_names(kind: Kind) -> list[str]:
     """The pre-specified candidates when a pipeline file lists none: the learners whose
-    `default_for` has the outcome's kind. For a binary outcome that is one learner, which
-    spends no power on a choice the out-of-fold losses cannot make reliably at trial size
-    (docs/training.md, "Choosing a learner")."""
+    `default_for` has the outcome's kind (docs/training.md, "Choosing a learner")."""
     return [name for name, cls in learners().items() if kind in cls.default_for]
 
 

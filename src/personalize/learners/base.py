@@ -84,7 +84,7 @@ class EffectLearner(ABC):
     posterior: bool = False  # `arm_draws` gives posterior draws; the interval comes from them
     # outcome kinds for which it is a pre-specified candidate of a pipeline file that names
     # none (chosen by the recovery study: docs/training.md, "Choosing a learner")
-    default_for: tuple[Kind, ...] = ("continuous",)
+    default_for: tuple[Kind, ...] = ("binary", "continuous")
 
     def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
         self.kind = kind

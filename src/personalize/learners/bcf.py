@@ -263,9 +263,10 @@ class BCFLearner(EffectLearner):
     # benefit, and whose prior shrinks towards a homogeneous effect (the most regularised).
     complexity = 5
     posterior = True
-    # the default for binary outcomes; on the continuous simulated trials it recovered the
-    # benefit poorly (docs/training.md), so there the other learners are the candidates
-    default_for = ("binary",)
+    # Opt-in (`training.learners: [bcf]`), not a default: the per-arm probabilities it
+    # yields (the calibrated prognosis split by its benefit) failed the promotion gate's
+    # calibration slope in 3 of 4 simulated STAMP trials (docs/training.md)
+    default_for = ()
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         from stochtree import BCFModel, OutcomeModel  # a compiled library: load when fitting

@@ -67,9 +67,9 @@ class Benefit(BaseModel):
     upper: float = Field(description="upper end of the interval")
     level: float = Field(
         description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
-        "in `covers`: with the default Bayesian Causal Forest, this patient's own benefit (a "
-        "posterior interval); with a bootstrap learner, the average benefit of patients like "
-        "this one. How often it covered simulated patients' true benefit is measured in "
+        "in `covers`: with a Bayesian Causal Forest, this patient's own benefit (a posterior "
+        "interval); with a bootstrap learner, the average benefit of patients like this one. "
+        "How often it covered simulated patients' true benefit is measured in "
         "benchmarks/results/recovery.md and stated in the model card"
     )
     covers: str = Field(description="what the interval is an interval for, in words")

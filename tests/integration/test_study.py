@@ -190,10 +190,10 @@ def test_stamp_null_stays_quiet(null: StudyResult, stamp: StudyResult) -> None:
     r = ours(null)
     assert r["het_reject"].mean() <= 0.5
     assert r["share_either"].median() >= 0.9
-    # nothing to personalize: the posterior mean keeps some spread from its prior, less
-    # than where there is heterogeneity, and the intervals include the true benefit (0)
+    # nothing to personalize: the predicted benefit is nearly flat (its level is the
+    # average-effect estimate, off by sampling error at N = 400)
+    assert r["sd_pred"].median() < 0.35 * ours(stamp)["sd_true"].median()
     assert r["sd_pred"].median() < ours(stamp)["sd_pred"].median()
-    assert r["coverage"].median() >= 0.9
     # regret is zero when both arms are identical, whatever is recommended
     assert np.allclose(r["regret"], 0.0)
     assert ours(stamp)["share_either"].median() <= r["share_either"].median()

@@ -39,7 +39,7 @@ from personalize.study.truth import (
     score,
     truth_of,
 )
-from personalize.training import TrainResult
+from personalize.training import TrainResult, one_se_choice
 
 OURS = "ours"
 SAMPLE_SIZES: tuple[int, ...] = (400, 770, 1500, 3000)
@@ -151,7 +151,7 @@ def run_ours(
         pred.extra["_coef_var"] = model.benefit_calibration.coefficient_var(raw)
         pred.extra["_oof_raw_var"] = float(result.candidates[result.chosen].tau_raw.var())
         pred.extra["_candidates"] = candidate_benefits(result, pipeline, X)
-        pred.extra["sel_one_se"] = result.chosen  # the one-SE rule is the product's choice
+        pred.extra["sel_one_se"] = one_se_choice(result.candidates, result.scores)
     return pred, result
 
 

@@ -105,16 +105,20 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def in_parts(n: int, work: Callable[[int, int], None], min_rows: int = 4096) -> None:
-    """Call work(start, stop) over row ranges covering 0..n, on up to `threads()` threads
-    (for kernels that release the GIL and write disjoint rows: results are identical for
-    any number of threads)."""
+def in_parts(
+    n: int, work: Callable[[int, int], None], min_rows: int = 4096, align: int = 1
+) -> None:
+    """Call work(start, stop) over row ranges covering 0..n, on up to `threads()` threads,
+    inner edges on multiples of `align` (for kernels that release the GIL and write
+    disjoint rows: results are identical for any number of threads)."""
     parts = min(_threads, max(1, n // min_rows))
     if parts <= 1:
         work(0, n)
         return
-    edges = np.linspace(0, n, parts + 1).astype(np.int64).tolist()
-    futures = [_executor().submit(work, a, b) for a, b in itertools.pairwise(edges) if b > a]
+    edges = (np.linspace(0, n, parts + 1) // align * align).astype(np.int64)
+    edges[-1] = n
+    pool = _executor()
+    futures = [pool.submit(work, a, b) for a, b in itertools.pairwise(edges.tolist()) if b > a]
     for fut in futures:
         fut.result()
 
@@ -502,21 +506,7 @@ class Forest:
         return np.ascontiguousarray(arr.T)
 
     def _run(self, kernel: Any, xt: np.ndarray, args: tuple[Any, ...], out: np.ndarray) -> None:
-        n = xt.shape[1]
-        parts = min(_threads, max(1, n // MIN_PARALLEL_ROWS))
-        if parts <= 1:
-            kernel(xt, 0, n, *args, out)
-            return
-        edges = (np.linspace(0, n, parts + 1) // BLOCK * BLOCK).astype(np.int64)
-        edges[-1] = n
-        pool = _executor()
-        futures = [
-            pool.submit(functools.partial(kernel, xt, a, b, *args, out))
-            for a, b in itertools.pairwise(edges.tolist())
-            if b > a
-        ]
-        for fut in futures:
-            fut.result()
+        in_parts(xt.shape[1], lambda a, b: kernel(xt, a, b, *args, out), MIN_PARALLEL_ROWS, BLOCK)
 
     def raw_scores(self, xt: np.ndarray) -> np.ndarray:
         """(boosters, rows): each booster's raw score, bit-identical to LightGBM's."""

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from personalize.service.app import create_app
-from personalize.service.audit import ApiKey, AuditRecord, Database, ServiceSecret
+from personalize.service.audit import ApiKey, AuditRecord, Database
 from personalize.service.auth import create_key, revoke_key, split_key
 from personalize.service.commands import TcpConfig
 from personalize.service.config import Settings, SettingsError
@@ -535,15 +535,15 @@ def _audit(app: Any, client: TestClient, url: str) -> None:
     db = Database(url)
     with db.session() as session:
         rows = session.scalars(select(AuditRecord).order_by(AuditRecord.created_at)).all()
-        secret = session.get(ServiceSecret, "pseudonym_hmac_key")
-    assert secret is not None and len(rows) == 3
+    assert len(rows) == 3
     single = next(r for r in rows if r.id == r1.json()["audit_id"])
     assert single.channel == "single" and single.model_name == STAMP_MODEL
     assert single.model_version == "1" and single.model_run_id == r1.json()["model"]["run_id"]
     assert single.key_id == split_key(clinician["Authorization"][7:])[0]  # type: ignore[index]
     assert single.recommendation == r1.json()["recommendation"]
     assert single.benefit == r1.json()["benefit"]["estimate"]
-    expected = hmac.new(secret.value.encode(), b"MRN-0001", hashlib.sha256).hexdigest()
+    secret = app.state.database.pseudonym_key()  # kept outside the audit database
+    expected = hmac.new(secret, b"MRN-0001", hashlib.sha256).hexdigest()
     assert single.patient_pseudonym == expected and "MRN" not in single.patient_pseudonym
     batch = [r for r in rows if r.channel == "batch"]
     assert {r.patient_pseudonym for r in batch} == {expected, None}
@@ -572,17 +572,18 @@ def test_audit_log_on_postgres(
 def test_pseudonyms_use_the_configured_secret_and_survive_restarts(
     tmp_path: Path, trained_registry: TrainedRegistry
 ) -> None:
-    app = create_app(settings(tmp_path, trained_registry, pseudonym_secret="s3cret"))
+    secret = "s3cret-of-at-least-thirty-two-bytes"
+    app = create_app(settings(tmp_path, trained_registry, pseudonym_secret=secret))
     with TestClient(app) as client:
         r = recommend(client, key(app, "clinician"))
-    app2 = create_app(settings(tmp_path, trained_registry, pseudonym_secret="s3cret"))
+    app2 = create_app(settings(tmp_path, trained_registry, pseudonym_secret=secret))
     with TestClient(app2) as client:
         r2 = recommend(client, key(app2, "clinician"))
     db = Database(f"sqlite:///{tmp_path / 'service.db'}")
     with db.session() as session:
         ids = [r.json()["audit_id"], r2.json()["audit_id"]]
         rows = [session.get(AuditRecord, i) for i in ids]
-    expected = hmac.new(b"s3cret", b"MRN-0001", hashlib.sha256).hexdigest()
+    expected = hmac.new(secret.encode(), b"MRN-0001", hashlib.sha256).hexdigest()
     assert [row.patient_pseudonym for row in rows if row] == [expected, expected]
 
 

@@ -27,6 +27,7 @@ from personalize.service.audit import Database
 from personalize.service.config import Settings
 from personalize.service.fhir import FhirMapping
 from personalize.service.holder import RELOAD, ModelHolder
+from personalize.service.pseudonyms import pseudonym_key
 from personalize.service.recommend import scoring_thread
 from personalize.service.routes import page
 from personalize.service.schemas import PatientInvalid, patch_openapi, problems
@@ -94,8 +95,11 @@ async def _send_problem(send: Send, code: int, detail: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    secret = settings.pseudonym_secret.get_secret_value() if settings.pseudonym_secret else None
-    database = Database(settings.resolved_database_url(), secret)
+    database = Database(
+        settings.resolved_database_url(),
+        pseudonym_key(settings),
+        retry_seconds=settings.retry_seconds,
+    )
     holder = ModelHolder(
         settings, on_swap=metrics.on_swap, reload_signal=lambda: database.signal(RELOAD)
     )

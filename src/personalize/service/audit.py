@@ -1,17 +1,19 @@
 """The audit database (SQLAlchemy): API keys, the audit log of every recommendation, and the
-service's own secrets. SQLite by default, PostgreSQL in production; several service
+signals replicas share. SQLite by default, PostgreSQL in production; several service
 processes share it, so nothing another replica needs lives in process memory.
 
 The audit log holds no patient covariates: only a pseudonymous patient reference (keyed
 HMAC of the caller's reference with a server secret), who asked (key id), which model
-answered, and what it recommended.
+answered, and what it recommended. The HMAC key is not in this database
+(`personalize.service.pseudonyms`): whoever holds the database alone cannot link a
+pseudonym to a patient reference by trying candidate references.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,10 +33,17 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-PSEUDONYM_SECRET = "pseudonym_hmac_key"
+from personalize.service.availability import DatabaseAvailability
+
+log = logging.getLogger("personalize.service.audit")
+
+# where earlier versions kept the pseudonym key (in this database, beside the pseudonyms)
+LEGACY_PSEUDONYM_SECRET = "pseudonym_hmac_key"
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def utcnow() -> datetime:
@@ -87,7 +96,8 @@ class AuditRecord(Base):
 
 
 class ServiceSecret(Base):
-    """Secrets every replica must share (e.g. the pseudonym key when not set in settings)."""
+    """Secrets every replica must share. No longer holds the pseudonym key: a row named
+    `LEGACY_PSEUDONYM_SECRET` left by an earlier version is reported at startup."""
 
     __tablename__ = "service_secrets"
 
@@ -129,13 +139,23 @@ class AuditRequest:
 
 
 class Database:
-    """Engine, sessions and the pseudonym key of the audit database."""
+    """Engine, sessions and availability of the audit database, and the pseudonym key
+    (given by the caller; `personalize.service.pseudonyms` finds it)."""
 
-    def __init__(self, url: str, pseudonym_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        pseudonym_secret: str | bytes | None = None,
+        *,
+        retry_seconds: float = 5.0,
+    ) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._pseudonym_key: bytes | None = pseudonym_secret.encode() if pseudonym_secret else None
+        if isinstance(pseudonym_secret, str):
+            pseudonym_secret = pseudonym_secret.encode()
+        self._pseudonym_key = pseudonym_secret or None
+        self.availability = DatabaseAvailability("audit database", retry_seconds)
 
     def create_schema(self) -> None:
         """Create the tables if absent. Several workers may start at once: a concurrent
@@ -143,11 +163,47 @@ class Database:
         for attempt in range(5):
             try:
                 Base.metadata.create_all(self.engine)
-                return
+                break
             except (IntegrityError, ProgrammingError, OperationalError):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+        self._report_legacy_pseudonym_key()
+
+    def _report_legacy_pseudonym_key(self) -> None:
+        with self.engine.connect() as connection:
+            legacy = connection.execute(
+                select(ServiceSecret.name).where(ServiceSecret.name == LEGACY_PSEUDONYM_SECRET)
+            ).first()
+        if legacy is not None:
+            log.warning(
+                "the audit database still holds the pseudonym key of an earlier version "
+                "(table service_secrets, name %r): with it, anyone who has the database can "
+                "link the pseudonyms written under it to patient references. It is no longer "
+                "used; delete that row (to keep linking old pseudonyms, first copy its value "
+                "to a key file kept elsewhere, see docs/security.md)",
+                LEGACY_PSEUDONYM_SECRET,
+            )
+
+    def probe(self) -> bool:
+        """Whether the database answers with the tables requests need, recreating them if
+        they are gone (a database recreated empty); tells `availability` either way."""
+        try:
+            self._read_tables()
+        except SQLAlchemyError:
+            try:
+                Base.metadata.create_all(self.engine)
+                self._read_tables()
+            except SQLAlchemyError as exc:
+                self.availability.failed(exc)
+                return False
+        self.availability.answered()
+        return True
+
+    def _read_tables(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(select(ApiKey.key_id).limit(0)).all()
+            connection.execute(select(AuditRecord.id).limit(0)).all()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -173,18 +229,27 @@ class Database:
         return now
 
     def signal(self, name: str) -> datetime | None:
-        """When `name` was last raised, if ever."""
-        with self.engine.connect() as connection:
-            return connection.execute(
-                select(ServiceSignal.raised_at).where(ServiceSignal.name == name)
-            ).scalar_one_or_none()
+        """When `name` was last raised, if ever; None too while the database does not
+        answer (it is polled every second: an outage is reported once, by `availability`)."""
+        availability = self.availability
+        if not availability.due() or (availability.down and not self.probe()):
+            return None
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(
+                    select(ServiceSignal.raised_at).where(ServiceSignal.name == name)
+                ).scalar_one_or_none()
+        except SQLAlchemyError as exc:
+            availability.failed(exc)
+            return None
 
     def pseudonym_key(self) -> bytes:
-        """The HMAC key: from settings, else the one stored in the database (created by
-        whichever replica needs it first)."""
+        """The HMAC key the service was given."""
         if self._pseudonym_key is None:
-            with self.session() as session:
-                self._pseudonym_key = _shared_secret(session, PSEUDONYM_SECRET).encode()
+            raise RuntimeError(
+                "no pseudonym key: this Database was opened without one (key management "
+                "only), so it cannot write audit rows with patient references"
+            )
         return self._pseudonym_key
 
     def pseudonym(self, patient_ref: str | None) -> str | None:
@@ -229,8 +294,15 @@ class Database:
                 ]
             )
         # one Core INSERT in one transaction: ORM objects cost more than the write itself
-        with self.engine.begin() as connection:
-            connection.execute(insert(AuditRecord), [row for request in rows for row in request])
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(AuditRecord), [row for request in rows for row in request]
+                )
+        except SQLAlchemyError as exc:
+            self.availability.failed(exc)
+            raise
+        self.availability.answered()
         return [[str(row["id"]) for row in request] for request in rows]
 
 
@@ -241,6 +313,19 @@ def make_engine(url: str) -> Engine:
     for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the installed driver
         if url.startswith(plain):
             url = "postgresql+psycopg://" + url.removeprefix(plain)
+    if url.startswith("postgresql+psycopg"):
+        # an unreachable server must fail a request within seconds, not hang it: a bounded
+        # connect, and a bounded wait for the server to acknowledge what was sent (a pooled
+        # connection's ping) - unless the URL says otherwise
+        given = make_url(url).query
+        kwargs["connect_args"] = {
+            name: value
+            for name, value in (
+                ("connect_timeout", CONNECT_TIMEOUT_SECONDS),
+                ("tcp_user_timeout", CONNECT_TIMEOUT_SECONDS * 1000),
+            )
+            if name not in given
+        }
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
 
@@ -255,20 +340,6 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     return engine
-
-
-def _shared_secret(session: Session, name: str) -> str:
-    row = session.get(ServiceSecret, name)
-    if row is not None:
-        return row.value
-    session.add(ServiceSecret(name=name, value=secrets.token_hex(32)))
-    try:
-        session.commit()
-    except IntegrityError:  # another replica created it first: use theirs
-        session.rollback()
-    value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == name))
-    assert value is not None
-    return value
 
 
 __all__ = [

@@ -7,7 +7,11 @@ hash (per-key random salt). Only the hash is stored; the full key is printed onc
 
 Roles are cumulative, least privilege first: clinician (single recommendations, model
 card, CDS Hooks) < researcher (+ batch) < admin (+ reload). The routes check them through
-`personalize.service.deps` (401 without a valid key, 403 without the role).
+`personalize.service.deps` (401 without a valid key, 403 without the role; what failed
+checks may cost is bounded by `personalize.service.key_guard`).
+
+An unknown or revoked key id costs the same scrypt as a known one (`decoy_check`), so the
+time an answer takes does not tell which key ids exist.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class Claim:
 
     @property
     def memo(self) -> tuple[str, str]:
-        return (self.key_id, hashlib.sha256(self.secret.encode()).hexdigest())
+        return _memo(self.key_id, self.secret)
 
     def remembered(self) -> bool:
         """The secret matched this row's hash before (no scrypt needed)."""
@@ -147,6 +151,29 @@ class Claim:
     @property
     def principal(self) -> Principal:
         return Principal(key_id=self.key_id, role=Role[self.role])
+
+
+def _memo(key_id: str, secret: str) -> tuple[str, str]:
+    return (key_id, hashlib.sha256(secret.encode()).hexdigest())
+
+
+def verified_before(key_id: str, secret: str) -> bool:
+    """This process has verified `secret` for `key_id` (whether the key still holds, and
+    with which role, is for its row to say)."""
+    return _verified.get(_memo(key_id, secret)) is not None
+
+
+# what an unknown key id is checked against: random, so nothing matches it
+_DECOY_SALT = secrets.token_bytes(16)
+_DECOY_HASH = secrets.token_hex(64)
+
+
+def decoy_check(secret: str) -> bool:
+    """The slow check for a key id without a usable row (unknown, revoked): the same
+    scrypt as `Claim.check`, against a hash nothing matches. Always False."""
+    digest = _scrypt(secret, _DECOY_SALT, ALGORITHM).hex()
+    hmac.compare_digest(digest, _DECOY_HASH)
+    return False
 
 
 def claim(connection: Connection, key: str) -> Claim | None:

@@ -10,10 +10,19 @@ docs/service.md lists them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personalize.service import pseudonyms
 
 ENV_PREFIX = "PERSONALIZE_"
 DEFAULT_PIPELINE = "pipelines/stamp.yaml"
@@ -72,10 +81,33 @@ class Settings(BaseSettings):
         default=2 * 1024 * 1024, ge=1024, description="largest accepted request body"
     )
     explain: int = Field(default=3, ge=0, le=50, description="top drivers per patient")
+    env: Literal["development", "production"] = Field(
+        default="development",
+        description="production: refuse to start without a pseudonym key outside the database",
+    )
     pseudonym_secret: SecretStr | None = Field(
         default=None,
-        description="HMAC key for patient pseudonyms; default: generated once, kept in the "
-        "audit database",
+        description="HMAC key for patient pseudonyms (at least 32 bytes); default outside "
+        "production: generated once into models/pseudonym.key",
+    )
+    pseudonym_secret_file: Path | None = Field(
+        default=None,
+        description="a file holding the pseudonym HMAC key, instead of PSEUDONYM_SECRET",
+    )
+    auth_failures_per_key: int = Field(
+        default=10, ge=1, description="failed key checks per key id in the window before 429"
+    )
+    auth_failures_per_client: int = Field(
+        default=30, ge=1, description="failed key checks per client address in the window: 429"
+    )
+    auth_failure_window: float = Field(
+        default=60.0, gt=0, description="seconds a failed key check counts against key and client"
+    )
+    auth_hash_concurrency: int = Field(
+        default=2, ge=1, description="key hashes (scrypt) computed at once per process"
+    )
+    auth_hash_wait: float = Field(
+        default=1.0, gt=0, description="seconds a key check waits for a hashing slot before 503"
     )
     fhir_mapping: Path = Field(
         default=PACKAGE_DIR / "fhir_mapping.yaml",
@@ -99,6 +131,12 @@ class Settings(BaseSettings):
 
         ModelRef.parse(value)  # raises ValueError with the reason
         return value
+
+    @model_validator(mode="after")
+    def _pseudonym_key(self) -> Settings:
+        secret = self.pseudonym_secret.get_secret_value() if self.pseudonym_secret else None
+        pseudonyms.explicit_key(secret, self.pseudonym_secret_file, self.env)
+        return self
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

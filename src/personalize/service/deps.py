@@ -1,6 +1,7 @@
 """What a route receives as FastAPI dependencies: the settings, the audit database, the
 model holder and the model this request uses, the scoring thread, the FHIR mapping, and the
-caller's API key checked against its role.
+caller's API key checked against its role (within the limits of
+`personalize.service.key_guard`, and with 503 while the audit database is unavailable).
 
 Dependencies that only read app state are coroutines: FastAPI runs plain functions in its
 thread pool, a hop per dependency per request that costs more than the work.
@@ -8,18 +9,30 @@ thread pool, a hop per dependency per request that costs more than the work.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 
 from personalize.service.audit import Database
-from personalize.service.auth import Principal, Role, claim
+from personalize.service.auth import (
+    Claim,
+    Principal,
+    Role,
+    claim,
+    decoy_check,
+    split_key,
+    verified_before,
+)
+from personalize.service.availability import DatabaseAvailability
 from personalize.service.config import Settings
 from personalize.service.fhir import FhirMapping
 from personalize.service.holder import LoadedModel, ModelHolder
+from personalize.service.key_guard import HashingBusy, KeyGuard
 from personalize.service.recommend import ScoringThread
 from personalize.service.schemas import Problem
 
@@ -84,6 +97,16 @@ bearer = HTTPBearer(
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no key, or an invalid or revoked key"},
     403: {"model": Problem, "description": "the key's role does not allow this route"},
+    429: {
+        "model": Problem,
+        "description": "too many failed key checks from this address or for this key id; "
+        "see Retry-After",
+    },
+    503: {
+        "model": Problem,
+        "description": "the audit database is unavailable, or keys are being checked at "
+        "capacity; see Retry-After",
+    },
 }
 
 
@@ -93,26 +116,96 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
+def database_unavailable(availability: DatabaseAvailability) -> HTTPException:
+    """503 while the audit database does not answer (no key can be checked, no
+    recommendation audited)."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail="the audit database is unavailable; retry later",
+        headers={"Retry-After": availability.retry_after},
+    )
+
+
+async def get_key_guard(request: Request) -> KeyGuard:
+    """The app's limits on failed key checks, made on first use (its counters belong to
+    this app; a coroutine, so made once)."""
+    state = request.app.state
+    guard: KeyGuard | None = getattr(state, "key_guard", None)
+    if guard is None:
+        guard = state.key_guard = KeyGuard.from_settings(state.settings)
+    return guard
+
+
+KeyGuardDep = Annotated[KeyGuard, Depends(get_key_guard)]
+
+
 async def authenticate(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     database: DatabaseDep,
+    guard: KeyGuardDep,
 ) -> Principal:
     """The caller's principal, checked against the key's row on every request (revocation
     takes effect at once). A coroutine that reads the row on the event loop: one indexed
     read of one row (tens of microseconds on SQLite, a loopback round trip on PostgreSQL)
     costs less than handing it to the thread pool, which took a fifth of a worker's time
-    under load. scrypt, for a secret not seen before, runs in the thread pool."""
+    under load. scrypt, for a secret not seen before, runs in the thread pool, a bounded
+    number at once, and for an unknown key id too; an address or key id over its failure
+    limit gets 429 before any of that."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    # a connection of its own, returned at once: a request waiting for the scoring thread
-    # must not hold a pooled connection (the scoring thread needs one for the audit rows)
-    with database.engine.connect() as connection:
-        found = claim(connection, credentials.credentials)
-    if found is None or not (
-        found.remembered() or await anyio.to_thread.run_sync(found.check)  # scrypt: off the loop
-    ):
+    client = request.client.host if request.client else "unknown"
+    parts = split_key(credentials.credentials)
+    key_id = parts[0] if parts else None
+    if parts is None or not verified_before(*parts):
+        wait = guard.wait(client, key_id)
+        if wait:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail="too many failed API-key checks; retry later",
+                headers={"Retry-After": str(wait)},
+            )
+    if parts is None:
+        guard.failed(client, None)
+        raise _unauthorized("invalid or revoked API key")
+    found = await _claim(database, credentials.credentials)
+    if found is not None and found.remembered():
+        return found.principal
+    check = found.check if found is not None else functools.partial(decoy_check, parts[1])
+    try:
+        async with guard.hashing():
+            valid = await anyio.to_thread.run_sync(check)  # scrypt: off the loop
+    except HashingBusy:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="busy checking API keys; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    if not valid or found is None:
+        guard.failed(client, key_id)
         raise _unauthorized("invalid or revoked API key")
     return found.principal
+
+
+async def _claim(database: Database, key: str) -> Claim | None:
+    """The key's row (see `claim`), or 503 while the database is unavailable: then at most
+    one request per retry interval tries it (in the thread pool: a server that does not
+    answer must not stall the event loop), the others are answered at once."""
+    availability = database.availability
+    if availability.down and not (
+        availability.due() and await anyio.to_thread.run_sync(database.probe)
+    ):
+        raise database_unavailable(availability)
+    try:
+        # a connection of its own, returned at once: a request waiting for the scoring
+        # thread must not hold a pooled connection (it needs one for the audit rows)
+        with database.engine.connect() as connection:
+            found = claim(connection, key)
+    except SQLAlchemyError as exc:
+        availability.failed(exc)
+        raise database_unavailable(availability) from None
+    availability.answered()
+    return found
 
 
 def require(role: Role) -> Callable[..., Any]:

@@ -112,11 +112,11 @@ def answer(
             model_run_id=loaded.run_id,
             requests=requests,
         )
-    except SQLAlchemyError as exc:
-        log.error("audit log write failed (%s); recommendation withheld", type(exc).__name__)
+    except SQLAlchemyError:  # logged once per outage by database.availability
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="the audit log is unavailable, so no recommendation is given; retry later",
+            headers={"Retry-After": database.availability.retry_after},
         ) from None
     return [
         [row | {"audit_id": audit_id} for row, audit_id in zip(ask_rows, ask_ids, strict=True)]

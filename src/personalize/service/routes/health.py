@@ -1,5 +1,5 @@
-"""Operations without a key: liveness (`/healthz`), readiness (`/readyz`) and Prometheus
-metrics (`/metrics`)."""
+"""Operations without a key: liveness (`/healthz`), readiness (`/readyz`: a model loaded
+and the audit database answering) and Prometheus metrics (`/metrics`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from personalize.service import metrics
-from personalize.service.deps import HolderDep
+from personalize.service.deps import DatabaseDep, HolderDep
 from personalize.service.schemas import Readiness
 
 router = APIRouter(tags=["operations"])
@@ -23,18 +23,35 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "no model loaded yet"}},
-    summary="Readiness: a model is loaded",
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "no model loaded yet, or the audit database unavailable",
+        }
+    },
+    summary="Readiness: a model is loaded and the audit database answers",
 )
-def readyz(holder: HolderDep) -> Any:
+def readyz(holder: HolderDep, database: DatabaseDep) -> Any:
+    """Every request needs both: without the audit database no key can be checked and no
+    recommendation audited. While the database is down it is tried at most once per retry
+    interval (a plain function: a slow probe waits in the thread pool, not the event loop)."""
     loaded = holder.current
+    availability = database.availability
+    answers = availability.due() and database.probe()
+    if loaded is None:
+        status = holder.status
+    elif not answers:
+        status = "audit database unavailable"
+    else:
+        status = holder.status if loaded.source == "cache" else "ready"
     body = Readiness(
-        ready=loaded is not None,
-        status=holder.status if loaded is None or loaded.source == "cache" else "ready",
+        ready=loaded is not None and answers,
+        status=status,
         model=loaded.block if loaded else None,
     )
-    if loaded is None:
-        return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    if not body.ready:
+        headers = None if answers else {"Retry-After": availability.retry_after}
+        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=headers)
     return body
 
 

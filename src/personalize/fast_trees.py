@@ -63,7 +63,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pandas as pd
 
-from personalize.data.columns import columns
+from personalize.data.columns import Column, columns
 
 try:  # numba is the fast path; without it callers use LightGBM (exact, slower)
     from numba import njit
@@ -492,7 +492,7 @@ class Forest:
             wide = False  # LightGBM reads float64 only if some column is 64-bit
             for j, (name, col) in enumerate(cols.items()):
                 if name in levels:
-                    xt[j] = _recode(col.values, col.levels or [], list(levels[name]))
+                    xt[j] = _recode(col, list(levels[name]))
                     wide = wide or bool(np.isnan(xt[j]).any())
                 elif col.float64:
                     xt[j] = col.values
@@ -546,14 +546,19 @@ class Forest:
         return np.ascontiguousarray(out.T), np.full(xt.shape[1], self.expected_value)
 
 
-def _recode(codes: np.ndarray, levels: list[Any], stored: list[Any]) -> np.ndarray:
-    """Codes over `levels` as codes over the booster's `stored` levels (NaN if absent), as
-    LightGBM maps a frame's categories onto the training categories."""
-    if levels == stored:
-        return codes
-    index = {v: i for i, v in enumerate(stored)}
-    lookup = np.array([index.get(v, np.nan) for v in levels] + [np.nan], dtype=float)
-    return lookup[np.where(np.isnan(codes), len(levels), codes).astype(np.int64)]
+def _recode(col: Column, stored: list[Any]) -> np.ndarray:
+    """A categorical's codes as codes over the booster's `stored` categories (NaN where
+    absent), as LightGBM maps a frame's categories onto the training ones: by value, with
+    pandas' ``set_categories``, unless the two lists are equal (then the codes as they
+    are). Categories are compared as the frame holds them (numbers stay numbers: the
+    level 1 is not the text "1")."""
+    own: list[Any] = (col.levels or []) if col.categories is None else col.categories.tolist()
+    if own == stored:
+        return col.values
+    dtype = pd.CategoricalDtype(own if col.categories is None else col.categories)
+    moved = pd.Categorical.from_codes(np.arange(len(own)), dtype=dtype).set_categories(stored)
+    lookup = np.append(np.where(moved.codes < 0, np.nan, moved.codes.astype(float)), np.nan)
+    return lookup[np.where(np.isnan(col.values), len(own), col.values).astype(np.int64)]
 
 
 def _split_key(tree: Tree, j: int) -> tuple[int, int, float, bool, tuple[int, ...]]:

@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,8 @@ class Column:
     values: np.ndarray
     levels: list[str] | None = None  # a categorical's levels, in code order
     float64: bool = False  # a numeric column stored as float64 (not converted)
+    # a categorical's own categories, whatever their type (None: `levels` are they)
+    categories: pd.Index | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def codes(self) -> np.ndarray:
@@ -52,7 +54,8 @@ def convert(col: pd.Series) -> Column:
         codes = col.cat.codes.to_numpy()
         values = codes.astype(float)
         values[codes < 0] = np.nan
-        return Column(values, [str(v) for v in col.cat.categories])
+        cats = col.cat.categories
+        return Column(values, [str(v) for v in cats], categories=cats)
     return Column(col.to_numpy(dtype=float), float64=col.dtype == np.float64)
 
 

@@ -10,6 +10,7 @@ guessing (a partial birth date, a dose in tablets) is left missing and noted, ne
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -22,6 +23,7 @@ from personalize.service.config import SettingsError
 from personalize.service.schemas import Contract, PatientInvalid
 
 UNUSABLE_STATUS = {"entered-in-error", "cancelled"}
+UNUSABLE_NUMBER = "not a finite number a float can hold"
 
 
 class FhirError(ValueError):
@@ -132,6 +134,9 @@ class FhirMapping:
                     origin = "Patient.gender"
             elif src.kind == "observation":
                 value, origin = _observation(observations, src, f.type == "numeric")
+                if value is UNUSABLE:
+                    result.notes.append(f"{f.label}: {origin} value is {UNUSABLE_NUMBER}; not used")
+                    value = None
                 if value is not None and f.type == "categorical":
                     value = (src.values or {}).get(str(value), value)
             elif src.kind in ("medications.mme", "medications.opioid"):
@@ -236,7 +241,29 @@ def _when(obs: dict[str, Any]) -> str:
     return str(period.get("end") or period.get("start") or "")
 
 
+class _Unusable:
+    """A value that is there but cannot be used (a JSON number beyond a float's range)."""
+
+
+UNUSABLE = _Unusable()
+
+
+def number(value: Any) -> float | _Unusable | None:
+    """A FHIR JSON number as a finite float; None when it is not a number at all, UNUSABLE
+    when it is one that a float cannot hold (JSON integers have no size limit, so a
+    400-digit valueInteger parses, and `float` of it raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        converted = float(value)
+    except OverflowError:
+        return UNUSABLE
+    return converted if math.isfinite(converted) else UNUSABLE
+
+
 def _observation(observations: list[dict[str, Any]], src: Source, numeric: bool) -> tuple[Any, str]:
+    """The most recent usable value of the codes `src` names (UNUSABLE when the most
+    recent numeric value is a number no float can hold: reported, not passed over)."""
     wanted = set(src.codes)
     found = []
     for obs in observations:
@@ -267,8 +294,9 @@ def _observation_value(obs: dict[str, Any], numeric: bool) -> Any:
         quantity = obs.get("valueQuantity")
         candidates = [_obj(quantity).get("value"), obs.get("valueInteger"), obs.get("valueDecimal")]
         for value in candidates:
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
+            converted = number(value)
+            if converted is not None:
+                return converted
         return None
     concept = obs.get("valueCodeableConcept")
     if isinstance(concept, dict):
@@ -304,22 +332,30 @@ def daily_dose(med: dict[str, Any], fentanyl: bool) -> tuple[float | None, str]:
     dosage = dosages[0]
     rates = _items(dosage.get("doseAndRate"))
     dose = _obj(rates[0].get("doseQuantity")) if rates else {}
-    amount = dose.get("value")
+    amount = number(dose.get("value"))
     unit = str(dose.get("code") or dose.get("unit") or "").lower().replace(" ", "")
-    if not isinstance(amount, int | float) or isinstance(amount, bool):
+    if amount is None:
         return None, "no dose quantity"
+    if isinstance(amount, _Unusable):
+        return None, f"dose quantity is {UNUSABLE_NUMBER}"
     if fentanyl:
         if unit in ("ug/h", "mcg/h", "mcg/hr", "ug/hr"):
-            return float(amount), ""
+            return amount, ""
         return None, f"fentanyl dose unit '{unit}' is not mcg/h"
     if unit != "mg":
         return None, f"dose unit '{unit or 'none'}' is not mg"
     repeat = _obj(_obj(dosage.get("timing")).get("repeat"))
-    frequency = repeat.get("frequency")
-    period = repeat.get("period")
+    frequency = number(repeat.get("frequency"))
+    period = number(repeat.get("period"))
     hours = PERIOD_HOURS.get(str(repeat.get("periodUnit")))
-    if not isinstance(frequency, int | float) or not isinstance(period, int | float) or not hours:
+    if frequency is None or period is None or not hours:
         return None, "no dosing frequency"
-    if period <= 0:
+    if isinstance(frequency, _Unusable) or isinstance(period, _Unusable):
+        return None, f"dosing frequency or period is {UNUSABLE_NUMBER}"
+    span = period * hours  # a positive period this small rounds to 0.0
+    if span <= 0:
         return None, "invalid dosing period"
-    return float(amount) * float(frequency) * 24.0 / (float(period) * hours), ""
+    daily = amount * frequency * 24.0 / span
+    if not math.isfinite(daily):
+        return None, f"the daily dose is {UNUSABLE_NUMBER}"
+    return daily, ""

@@ -19,12 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personalize.service.fhir import Extraction
 from personalize.service.holder import LoadedModel
-from personalize.service.schemas import Recommendation
+from personalize.service.schemas import PATIENT_REF_MAX, Recommendation
 
 HOOK = "patient-view"
 REQUIRED_PREFETCH = ("patient", "observations")
 SUMMARY_MAX = 139  # the specification: "<140 characters"
 SOURCE_LABEL = "personalize"
+ECHO_MAX = 64  # characters of a caller's value repeated in an error message
+
+
+def echo(value: object) -> str:
+    """A caller's value as an error message may quote it: its repr, clipped."""
+    text = repr(value)
+    return text if len(text) <= ECHO_MAX else text[: ECHO_MAX - 1] + "…"
 
 
 # ---------------------------------------------------------------------------- models
@@ -103,11 +110,16 @@ def read_patient_view(body: CdsRequest) -> tuple[str, dict[str, Any]]:
     if body.hook != HOOK:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,
-            detail=f"this service answers the patient-view hook, not {body.hook!r}",
+            detail=f"this service answers the patient-view hook, not {echo(body.hook)}",
         )
     patient_id = body.context.get("patientId")
     if not isinstance(patient_id, str) or not patient_id:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="context.patientId is required")
+    if len(patient_id) > PATIENT_REF_MAX:  # the limit of every patient reference
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"context.patientId is longer than {PATIENT_REF_MAX} characters",
+        )
     prefetch = body.prefetch or {}
     missing = [k for k in REQUIRED_PREFETCH if prefetch.get(k) is None]
     if missing:

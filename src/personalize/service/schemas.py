@@ -9,6 +9,7 @@ field optional, unknown fields rejected), and `patch_openapi` puts that model in
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Iterable, Sequence
@@ -192,16 +193,18 @@ PATIENT_DOC = (
     "loaded model (see components.schemas.Patient); every field is optional, unknown "
     "fields are refused."
 )
+PATIENT_REF_MAX = 256  # characters of a patient reference (also CDS Hooks' context.patientId)
 PatientRef = Annotated[
     str | None,
     Field(
         default=None,
         min_length=1,
-        max_length=256,
+        max_length=PATIENT_REF_MAX,
         description="your reference for the patient (e.g. an MRN); only its keyed hash "
         "is stored in the audit log",
     ),
 ]
+BatchRef = Annotated[str | None, Field(min_length=1, max_length=PATIENT_REF_MAX)]
 
 
 class RecommendationRequest(BaseModel):
@@ -215,7 +218,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patients: list[dict[str, Any]] = Field(min_length=1, description=PATIENT_DOC)
-    patient_refs: list[str | None] | None = Field(
+    patient_refs: list[BatchRef] | None = Field(
         default=None,
         description="optional: one reference per patient, same order (hashed in the audit)",
     )
@@ -328,14 +331,16 @@ class Contract:
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
 
-    def validate(self, raw: Any, loc: Sequence[str | int]) -> dict[str, Any]:
-        """The patient as {field: value or None}, or PatientInvalid naming every problem."""
+    def validate(
+        self, raw: Any, loc: Sequence[str | int], *, suggest: bool = True
+    ) -> dict[str, Any]:
+        """The patient as {field: value or None}, or PatientInvalid naming every problem
+        (`suggest`: an unknown field's message names the nearest of the model's fields)."""
         try:
             obj = self.patient_model.model_validate(raw)
         except ValidationError as exc:
-            raise PatientInvalid(
-                problems(exc.errors(include_url=False, include_input=False), loc, self.names)
-            ) from None
+            errors = exc.errors(include_url=False, include_input=False)
+            raise PatientInvalid(problems(errors, loc, self.names if suggest else None)) from None
         return obj.model_dump(by_alias=True)
 
     def validate_batch(self, body: BatchRequest) -> list[dict[str, Any]]:
@@ -356,7 +361,9 @@ class Contract:
         patients = []
         for i, raw in enumerate(body.patients):
             try:
-                patients.append(self.validate(raw, ("body", "patients", i)))
+                # past the problems a 422 lists, no suggestions (they would not be shown)
+                suggest = len(found) < MAX_PROBLEMS
+                patients.append(self.validate(raw, ("body", "patients", i), suggest=suggest))
             except PatientInvalid as exc:
                 found += exc.problems
         if found:
@@ -437,36 +444,68 @@ def _numeric_doc(info: FieldInfo) -> str:
         bounds.append(f">= {info.min:g}")
     if info.max is not None:
         bounds.append(f"<= {info.max:g}")
-    text = f"{info.label}{unit}" + (f": {' and '.join(bounds)}" if bounds else "")
-    if info.observed_min is not None and info.observed_max is not None:
-        text += (
-            f"; training data covered {info.observed_min:g} to {info.observed_max:g} "
-            "(values outside are answered with a warning)"
-        )
-    return text
+    # the training data's range is not published here (the document is open to anyone);
+    # GET /v1/schema gives it to key holders, and a value outside it gets a warning
+    return f"{info.label}{unit}" + (f": {' and '.join(bounds)}" if bounds else "")
+
+
+# A 422 lists at most MAX_PROBLEMS problems, each of bounded size, then counts the rest:
+# a body of thousands of unknown fields must not come back many times larger.
+MAX_PROBLEMS = 20
+LOC_PART_MAX = 64  # characters of one name in a problem's loc (a field name is a JSON key)
+MSG_MAX = 300
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def problems(
     errors: Iterable[Any], prefix: Sequence[str | int], known: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Pydantic errors as {loc, field, msg, type}, without echoing the input values."""
+    """Pydantic errors as {loc, field, msg, type}, without echoing the input values: names
+    in `loc` and messages clipped, an unknown field of the patient (`known`: the model's
+    fields) answered with the nearest names of the first MAX_PROBLEMS, not the whole list."""
     out = []
-    for err in errors:
-        loc = [*prefix, *err["loc"]]
+    for i, err in enumerate(errors):
+        loc = [p if isinstance(p, int) else _clip(str(p), LOC_PART_MAX) for p in err["loc"]]
+        loc = [*prefix, *loc]
         msg = str(err["msg"])
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-            if known is not None:
-                msg += f"; this model's fields are: {', '.join(known)}"
+            if known is not None and i < MAX_PROBLEMS:
+                msg += _suggestion(str(loc[-1]), known)
         out.append(
             {
                 "loc": loc,
                 "field": ".".join(str(p) for p in loc if p != "body"),
-                "msg": msg,
+                "msg": _clip(msg, MSG_MAX),
                 "type": str(err["type"]),
             }
         )
     return out
+
+
+def _suggestion(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return hint + " (GET /v1/schema lists this model's fields)"
+
+
+def bounded(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A 422's detail: the first MAX_PROBLEMS problems, then one entry counting the rest."""
+    if len(found) <= MAX_PROBLEMS:
+        return list(found)
+    rest = len(found) - MAX_PROBLEMS
+    return [
+        *found[:MAX_PROBLEMS],
+        {
+            "loc": ["body"],
+            "field": "",
+            "msg": f"{rest} more problem{'s' if rest != 1 else ''} not listed",
+            "type": "too_many_problems",
+        },
+    ]
 
 
 # ---------------------------------------------------------------------------- conversion

@@ -51,7 +51,9 @@ async def patient_view(
     scorer: Scorer,
 ) -> CdsResponse:
     if service_id != settings.cds_service_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no CDS service {service_id!r}")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"no CDS service {cds_hooks.echo(service_id)}"
+        )
     patient_id, prefetch = cds_hooks.read_patient_view(body)
     try:
         extraction = mapping.extract(loaded.contract, prefetch, datetime.now(UTC).date())

@@ -74,14 +74,15 @@ async def batch(
     settings: SettingsDep,
     scorer: Scorer,
 ) -> BatchResponse:
-    if len(body.patients) > settings.batch_max:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            detail=f"{len(body.patients)} patients in one request; the maximum is "
-            f"{settings.batch_max} (PERSONALIZE_BATCH_MAX)",
-        )
-    patients = loaded.contract.validate_batch(body)
     refs = body.patient_refs
+    for what, count in (("patients", len(body.patients)), ("patient_refs", len(refs or ()))):
+        if count > settings.batch_max:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                detail=f"{count} {what} in one request; the maximum is "
+                f"{settings.batch_max} (PERSONALIZE_BATCH_MAX)",
+            )
+    patients = loaded.contract.validate_batch(body)
     results = await recommend(
         loaded,
         patients,

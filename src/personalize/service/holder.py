@@ -52,6 +52,11 @@ SIGNAL_SECONDS = 1.0  # how often each process looks for a reload asked of anoth
 RELOAD = "model_reload"  # the signal a reload raises for the other workers and replicas
 
 
+class ModelUnusable(Exception):
+    """The registry's version loaded but cannot be served (e.g. its artifact is not a
+    personalize model); the model being served stays."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to answer, with where it came from. Never mutated."""
@@ -299,14 +304,24 @@ class ModelHolder:
                 raise RegistryError(
                     f"could not load {name} version {version}: {type(exc).__name__}: {exc}"
                 ) from None
-            loaded = LoadedModel.build(
-                model,
-                name=name,
-                version=version,
-                run_id=found.run_id,
-                source="registry",
-                model_uri=self.model_uri,
-            )
+            try:
+                loaded = LoadedModel.build(
+                    model,
+                    name=name,
+                    version=version,
+                    run_id=found.run_id,
+                    source="registry",
+                    model_uri=self.model_uri,
+                )
+            except Exception as exc:
+                serving = (
+                    f"still serving {previous.name} version {previous.version}"
+                    if previous is not None
+                    else "no model is served"
+                )
+                raise ModelUnusable(
+                    f"{name} version {version} cannot be served: {exc}; {serving}"
+                ) from None
             self._swap(loaded)
             self.status = "ready"
             try:

@@ -19,7 +19,7 @@ from personalize.service.deps import (
     DatabaseDep,
     HolderDep,
 )
-from personalize.service.holder import RELOAD
+from personalize.service.holder import RELOAD, ModelUnusable
 from personalize.service.schemas import (
     ModelInfo,
     Problem,
@@ -99,6 +99,11 @@ def schema(principal: AnyKey, loaded: CurrentModel) -> SchemaInfo:
     response_model=ReloadResult,
     responses={
         **AUTH_ERRORS,
+        409: {
+            "model": Problem,
+            "description": "the alias's version cannot be served (e.g. its artifact is not a "
+            "personalize model); the model being served stays",
+        },
         503: {"model": Problem, "description": "the registry is unreachable"},
     },
     tags=["operations"],
@@ -110,6 +115,9 @@ def reload(principal: Admin, holder: HolderDep, database: DatabaseDep) -> Reload
         result = holder.refresh()
     except RegistryError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    except ModelUnusable as exc:
+        log.warning("reload by key=%s refused: %s", principal.key_id, exc)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
     try:  # the other workers and replicas follow within a second or so
         database.raise_signal(RELOAD)
     except SQLAlchemyError as exc:

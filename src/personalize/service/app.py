@@ -26,11 +26,12 @@ from personalize.service import metrics, routes
 from personalize.service.audit import Database
 from personalize.service.config import Settings
 from personalize.service.fhir import FhirMapping
+from personalize.service.headers import SecurityHeadersMiddleware
 from personalize.service.holder import RELOAD, ModelHolder
 from personalize.service.pseudonyms import pseudonym_key
 from personalize.service.recommend import scoring_thread
-from personalize.service.routes import page
-from personalize.service.schemas import PatientInvalid, patch_openapi, problems
+from personalize.service.routes import docs, page
+from personalize.service.schemas import PatientInvalid, bounded, patch_openapi, problems
 
 DESCRIPTION = """\
 Per-patient, calibrated and explained recommendations between the two arms of a
@@ -124,6 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # routes.docs serves Swagger UI from the package, not a CDN
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.database = database
@@ -133,18 +137,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer, a 413 too
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": problems(exc.errors(), ())}, status_code=422)
+        return JSONResponse({"detail": bounded(problems(exc.errors(), ()))}, status_code=422)
 
     @app.exception_handler(PatientInvalid)
     async def _invalid_patient(request: Request, exc: PatientInvalid) -> JSONResponse:
-        return JSONResponse({"detail": exc.problems}, status_code=422)
+        return JSONResponse({"detail": bounded(exc.problems)}, status_code=422)
 
     for router in routes.ROUTERS:
         app.include_router(router)
     page.mount(app, settings.page_dir)
+    docs.mount(app)
 
     cached: dict[str, Any] = {}
 

@@ -1,0 +1,78 @@
+"""Security headers on every response: no framing, no MIME sniffing, no referrer, a
+Content-Security-Policy per kind of response, and no caching of anything but static files.
+
+The clinician page and the API documentation are the only HTML the service serves; each
+gets a policy that allows exactly its own local files. Everything else (JSON, the model
+card, metrics) gets a policy that allows nothing, so a response opened in a browser runs
+no script and loads nothing. Answers are not cached (`no-store`): recommendations, cards
+and errors carry patient-derived data, and a shared cache or the browser's disk must not
+keep them. Only the page's and the documentation's static assets may be cached.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PAGE_ASSETS = "/page/"
+DOCS = "/docs"
+DOCS_ASSETS = "/docs/assets/"
+
+# what a policy always says: never framed, no <base>, no form posts
+_ALWAYS = "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+API_POLICY = f"default-src 'none'; {_ALWAYS}"
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    f"connect-src 'self'; {_ALWAYS}"
+)
+# Swagger UI sets style attributes from its scripts and draws icons from data: URLs
+DOCS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    f"img-src 'self' data:; connect-src 'self'; {_ALWAYS}"
+)
+
+COMMON = (
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+)
+
+
+def policy(path: str) -> str:
+    """The Content-Security-Policy of the response to `path`."""
+    if path == "/" or path.startswith(PAGE_ASSETS):
+        return PAGE_POLICY
+    if path == DOCS or path.startswith(DOCS_ASSETS):
+        return DOCS_POLICY
+    return API_POLICY
+
+
+def cacheable(path: str) -> bool:
+    """Static files that carry no patient data."""
+    return path.startswith((PAGE_ASSETS, DOCS_ASSETS))
+
+
+class SecurityHeadersMiddleware:
+    """Adds the headers to every response that passes through it, errors included (a 413
+    of the body limit, a 422, a 401); a header a route set itself is left as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        added = [*COMMON, ("content-security-policy", policy(path))]
+        if not cacheable(path):
+            added.append(("cache-control", "no-store"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in added:
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -29,9 +29,11 @@ numeric splits with the missing-type rules (NaN becomes 0.0 unless the split's m
 type is NaN; a NaN- or Zero-type split sends missing values to its default side),
 categorical splits by bitset membership of ``static_cast<int>(value)`` (NaN and negative
 go right), and inputs with ``|value| <= kZeroThreshold`` read as 0.0 as LightGBM's dense
-row reader does. Predictions add leaf values in tree order from 0.0 exactly as
-``GBDT::PredictRaw`` does, so raw scores are bit-identical to ``Booster.predict``;
-contributions agree with ``pred_contrib`` to rounding (tested to 1e-9 on the raw scale,
+row reader does. A frame's categorical levels are mapped onto the booster's stored ones by
+value, as LightGBM's ``pandas_categorical`` mapping does (the level 1 is not the text "1").
+Predictions add leaf values in tree order from 0.0 exactly as ``GBDT::PredictRaw`` does, so
+raw scores are bit-identical to ``Booster.predict``; contributions agree with
+``pred_contrib`` and ``shap.TreeExplainer`` to rounding (tested to 1e-9 on the raw scale,
 observed ~1e-15) and are the same bits for a row whatever batch it is scored in.
 
 Entry points: `raw_score` and `contributions` (used by `learners.boosting`), and
@@ -552,10 +554,13 @@ def _recode(col: Column, stored: list[Any]) -> np.ndarray:
     pandas' ``set_categories``, unless the two lists are equal (then the codes as they
     are). Categories are compared as the frame holds them (numbers stay numbers: the
     level 1 is not the text "1")."""
-    own: list[Any] = (col.levels or []) if col.categories is None else col.categories.tolist()
+    categories = col.categories
+    # text categories are their `levels` (no copy: this runs for every scored frame)
+    text = categories is None or categories.inferred_type == "string"
+    own: list[Any] = (col.levels or []) if text or categories is None else categories.tolist()
     if own == stored:
         return col.values
-    dtype = pd.CategoricalDtype(own if col.categories is None else col.categories)
+    dtype = pd.CategoricalDtype(own if categories is None else categories)
     moved = pd.Categorical.from_codes(np.arange(len(own)), dtype=dtype).set_categories(stored)
     lookup = np.append(np.where(moved.codes < 0, np.nan, moved.codes.astype(float)), np.nan)
     return lookup[np.where(np.isnan(col.values), len(own), col.values).astype(np.int64)]

@@ -10,7 +10,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from personalize.learners.base import rescale
 from personalize.stats.calibration import ArmCalibrator, BenefitCalibration
 from personalize.stats.decision import DecisionRule
 from personalize.stats.prognosis import Prognosis, split_arms
+
+if TYPE_CHECKING:
+    import shap
 
 ANSWER_COLUMNS = [
     "outcome_control",
@@ -243,6 +246,35 @@ class PersonalizeModel:
         phi = bc.slope * raw.benefit_phi
         p0, p1 = self.arms(X) if arms is None else arms
         return raw.names, base, rescale(phi, p1 - p0 - base)
+
+    def explain(self, frame: pd.DataFrame) -> shap.Explanation:
+        """The benefit's drivers for every row of `frame` as a ``shap.Explanation``, for
+        SHAP's plots and tools: the same numbers as the drivers `predict` reports
+        (`benefit_drivers`: the learner's TreeSHAP carried to the benefit's scale), every
+        feature, plus ARM_DRIVER where the learner has one, with
+        ``values.sum(1) + base_values == benefit``. ``data`` holds numbers (a
+        categorical's code over the pipeline's levels, NaN where missing or for
+        ARM_DRIVER); ``display_data`` the values as people read them (level names)."""
+        import shap  # imported here: a second of start-up the scoring paths do not need
+
+        cols = typed_columns(frame, self.pipeline)
+        X = features_of(cols, self.pipeline)
+        with columns_reading(X, cols), self._batch():
+            names, base, phi = self.benefit_drivers(X)
+        n = len(X)
+        data = np.full((n, len(names)), np.nan)
+        display = np.full((n, len(names)), None, dtype=object)
+        for j, name in enumerate(names):
+            if name in cols:
+                data[:, j] = cols[name].values
+                display[:, j] = _display_column(cols[name])
+        return shap.Explanation(
+            values=phi,
+            base_values=base,
+            data=data,
+            display_data=display,
+            feature_names=list(names),
+        )
 
     def predict(self, frame: pd.DataFrame, explain: int = 3) -> pd.DataFrame:
         return self.render(self.predict_arrays(frame, explain))

@@ -1,11 +1,12 @@
-"""The compiled trees against SHAP itself.
+"""The compiled trees against SHAP itself, and the model's explanation as a shap.Explanation.
 
 `fast_trees` computes raw scores and path-dependent TreeSHAP from its own tables; here they
 are held to ``shap.TreeExplainer`` (raw output, tree_path_dependent) and to
 ``Booster.predict(raw_score=True)`` at 1e-9, on random boosters over number-valued and text
 categoricals with missing values (scored on frames whose categories are listed in another
 order, with unseen levels, or as other types than in training), and on the boosters the
-project's own learners fit.
+project's own learners fit. `PersonalizeModel.explain` must add up to the benefit `predict`
+reports, with the drivers `predict` reports.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 import lightgbm as lgb
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 import shap
 
-from personalize import fast_trees
-from personalize.learners import learner_class, learner_names, make_learner
+from personalize import fast_trees, training
+from personalize.data.simulate import simulate
+from personalize.learners import ARM_DRIVER, learner_class, learner_names, make_learner
 from personalize.learners.boosting import TRIAL_PARAMS, raw_score, tree_contributions
 from personalize.learners.s_learner import with_arm
+from personalize.model import PersonalizeModel
+from support.registry import small
 
 pytestmark = [
     pytest.mark.skipif(not fast_trees.HAVE_NUMBA, reason="numba is not installed"),
@@ -232,3 +237,90 @@ def test_the_learners_boosters_agree_with_shap_and_lightgbm(name: str, kind: str
 
 def test_every_boosted_learner_is_covered() -> None:
     assert {"t", "s", "x", "dr"} <= set(BOOSTED)
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+@pytest.fixture(scope="module")
+def trained() -> list[tuple[PersonalizeModel, pd.DataFrame]]:
+    """Small trained models: a T-learner on a binary outcome, an S-learner (whose arm is
+    a driver of its own) on a continuous one; with the cohorts they were trained on."""
+    out = []
+    for pipeline, learner in (("stamp", "t"), ("stamp-continuous", "s")):
+        frame = simulate("stamp", 400, 3).cohort
+        model = training.fit(small(pipeline, [learner]), frame).model
+        assert model.learner.name == learner
+        out.append((model, frame))
+    return out
+
+
+def with_missing(frame: pd.DataFrame, model: PersonalizeModel) -> pd.DataFrame:
+    """The cohort with some feature values blanked out (as incoming patients may have)."""
+    rng = np.random.default_rng(11)
+    out = frame.copy()
+    for name in list(model.pipeline.features)[:4]:
+        out[name] = out[name].astype(object).where(rng.random(len(out)) > 0.2, None)
+    return out
+
+
+def test_explanation_adds_up_to_the_benefit(
+    trained: list[tuple[PersonalizeModel, pd.DataFrame]],
+) -> None:
+    for model, frame in trained:
+        rows = with_missing(frame, model)
+        explanation = model.explain(rows)
+        predicted = model.predict_arrays(rows, explain=len(model.pipeline.features) + 1)
+        assert isinstance(explanation, shap.Explanation)
+        n = len(rows)
+        names = [*model.pipeline.features, ARM_DRIVER]
+        assert explanation.feature_names == names
+        assert explanation.values.shape == (n, len(names))
+        assert np.shape(explanation.base_values) == (n,)
+        total = explanation.values.sum(axis=1) + explanation.base_values
+        assert np.abs(total - predicted.benefit).max() <= TOL
+        # the values are the drivers predict reports, feature by feature
+        index, contribution = predicted.driver_index, predicted.driver_contribution
+        shown = index >= 0
+        rows_i = np.nonzero(shown)[0]
+        picked = explanation.values[rows_i, index[shown]]
+        assert np.abs(picked - contribution[shown]).max() <= TOL
+        assert shown.any()
+
+
+def test_explanation_carries_the_patients_values(
+    trained: list[tuple[PersonalizeModel, pd.DataFrame]],
+) -> None:
+    model, frame = trained[0]
+    rows = with_missing(frame, model).iloc[:50]
+    explanation = model.explain(rows)
+    names = explanation.feature_names
+    age = names.index("age")
+    expected_age = pd.to_numeric(rows["age"], errors="coerce").to_numpy(dtype=float)
+    np.testing.assert_array_equal(explanation.data[:, age], expected_age)
+    sex = names.index("sex")
+    shown = [None if pd.isna(v) else str(v) for v in rows["sex"]]
+    assert explanation.display_data[:, sex].tolist() == shown
+    levels = model.pipeline.features["sex"].levels
+    codes = [np.nan if v is None else float(levels.index(v)) for v in shown]
+    np.testing.assert_array_equal(explanation.data[:, sex], codes)
+    assert np.isnan(explanation.data[:, names.index(ARM_DRIVER)]).all()
+    # one patient's explanation is the same numbers as in the whole batch
+    alone = model.explain(rows.iloc[[7]])
+    np.testing.assert_allclose(alone.values[0], explanation.values[7], rtol=0, atol=TOL)
+
+
+def test_shap_plots_take_the_explanation(
+    trained: list[tuple[PersonalizeModel, pd.DataFrame]],
+) -> None:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, frame = trained[0]
+    explanation = model.explain(frame.iloc[:40])
+    shap.plots.waterfall(explanation[0], show=False)
+    plt.close("all")
+    shap.plots.beeswarm(explanation, show=False)
+    plt.close("all")
+    shap.plots.bar(explanation, show=False)
+    plt.close("all")

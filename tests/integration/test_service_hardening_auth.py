@@ -27,7 +27,7 @@ from personalize.service.audit import (
     Database,
     ServiceSecret,
 )
-from personalize.service.auth import create_key, split_key
+from personalize.service.auth import create_key, revoke_key, split_key
 from personalize.service.config import Settings, SettingsError
 from support.postgres import PG, PostgresDatabase
 from support.registry import TrainedRegistry
@@ -218,6 +218,12 @@ def test_failed_key_checks_are_limited_per_key_id_and_per_address(
             fresh = new_key(url)["Authorization"].removeprefix("Bearer ")
             assert model_card(three, server, fresh).status_code == 429  # to be checked: waits
             assert model_card(four, server, fresh).status_code == 200
+            # verified before but revoked since: no way around the limit to a hash
+            db = Database(url)
+            revoke_key(db, split_key(fresh)[0])  # type: ignore[index]
+            db.dispose()
+            assert model_card(three, server, fresh).status_code == 429
+            assert model_card(four, server, fresh).status_code == 401
     output = server.output()
     assert "from 127.0.0.3" in output  # the address that reached its limit is named
     for key in [wrong, *unknown]:  # key ids of failed checks are not

@@ -116,6 +116,14 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
+def _too_many(wait: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail="too many failed API-key checks; retry later",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 def database_unavailable(availability: DatabaseAvailability) -> HTTPException:
     """503 while the audit database does not answer (no key can be checked, no
     recommendation audited)."""
@@ -157,20 +165,19 @@ async def authenticate(
     client = request.client.host if request.client else "unknown"
     parts = split_key(credentials.credentials)
     key_id = parts[0] if parts else None
-    if parts is None or not verified_before(*parts):
-        wait = guard.wait(client, key_id)
-        if wait:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                detail="too many failed API-key checks; retry later",
-                headers={"Retry-After": str(wait)},
-            )
+    wait = guard.wait(client, key_id)
+    # over a limit, only a secret verified before may go on (no hash needed), and only as
+    # far as its row still holds it (not revoked, not replaced)
+    if wait and (parts is None or not verified_before(*parts)):
+        raise _too_many(wait)
     if parts is None:
         guard.failed(client, None)
         raise _unauthorized("invalid or revoked API key")
     found = await _claim(database, credentials.credentials)
     if found is not None and found.remembered():
         return found.principal
+    if wait:
+        raise _too_many(wait)
     check = found.check if found is not None else functools.partial(decoy_check, parts[1])
     try:
         async with guard.hashing():

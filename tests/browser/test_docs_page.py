@@ -81,6 +81,15 @@ def test_docs_render_from_the_service_alone_under_its_policy(browser: Any, serve
         page.locator(".opblock-body .responses-wrapper").first.wait_for()
         page.locator("section.models").first.wait_for()  # the schemas, Patient among them
         assert "Patient" in page.locator("section.models").inner_text()
+        # try an operation: the request goes to the service, its answer is highlighted
+        health = page.locator(
+            ".opblock", has=page.locator(".opblock-summary-path", has_text="/healthz")
+        )
+        health.locator(".opblock-summary").click()
+        health.locator("button.try-out__btn").click()
+        health.locator("button.execute").click()
+        health.locator(".responses-wrapper .live-responses-table .highlight-code").wait_for()
+        assert '"ok"' in health.locator(".live-responses-table").inner_text()
         assert page.evaluate("window.__violations") == []
         assert external == [], f"requests outside the service: {external}"
         assert errors == [], errors

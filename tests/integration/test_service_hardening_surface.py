@@ -415,6 +415,7 @@ def test_the_api_documentation_loads_nothing_from_elsewhere(
         csp = docs.headers["content-security-policy"]
         script_src = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
         assert script_src.strip() == "script-src 'self'"  # no CDN, no inline script
+        assert "unsafe" not in csp  # no inline style either
         assert "<script>" not in docs.text and "//" not in re.sub(r"<!doctype[^>]*>", "", docs.text)
         sources = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
         assets = [s for s in sources if s.startswith("/docs/assets/")]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from personalize.data.cells import NO_PREFERENCE, categorical_dtype
 from personalize.data.columns import Column
@@ -207,16 +207,28 @@ PatientRef = Annotated[
 BatchRef = Annotated[str | None, Field(min_length=1, max_length=PATIENT_REF_MAX)]
 
 
-class RecommendationRequest(BaseModel):
+class StrictRequest(BaseModel):
+    """A request body without unknown fields. Many of them are refused as one problem:
+    pydantic would build an error for each (about 100,000 in a 2 MB body)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_many_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_PROBLEMS:
+            unknown = [name for name in data if name not in cls.model_fields]
+            first = ", ".join(_clip(str(name), LOC_PART_MAX) for name in unknown[:3])
+            raise ValueError(f"{len(unknown)} unknown fields (the first: {first})")
+        return data
+
+
+class RecommendationRequest(StrictRequest):
     patient: dict[str, Any] = Field(description=PATIENT_DOC)
     patient_ref: PatientRef = None
 
 
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchRequest(StrictRequest):
     patients: list[dict[str, Any]] = Field(min_length=1, description=PATIENT_DOC)
     patient_refs: list[BatchRef] | None = Field(
         default=None,
@@ -228,11 +240,13 @@ class BatchRequest(BaseModel):
 
 
 class PatientInvalid(Exception):
-    """A patient object that does not satisfy the model's contract."""
+    """A patient object that does not satisfy the model's contract: its problems, and how
+    many more were counted but not described (see `bounded`)."""
 
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(problems)} problem(s)")
+    def __init__(self, problems: list[dict[str, Any]], omitted: int = 0) -> None:
+        super().__init__(f"{len(problems) + omitted} problem(s)")
         self.problems = problems
+        self.omitted = omitted
 
 
 @dataclass(frozen=True)
@@ -334,14 +348,33 @@ class Contract:
     def validate(
         self, raw: Any, loc: Sequence[str | int], *, suggest: bool = True
     ) -> dict[str, Any]:
-        """The patient as {field: value or None}, or PatientInvalid naming every problem
-        (`suggest`: an unknown field's message names the nearest of the model's fields)."""
+        """The patient as {field: value or None}, or PatientInvalid naming its problems
+        (of more unknown fields than a 422 lists, the first ones; the others counted).
+        `suggest`: an unknown field's message names the nearest of the model's fields."""
+        unknown: list[Any] = []
+        if isinstance(raw, dict) and len(raw) > len(self.names) + MAX_PROBLEMS:
+            # more unknown fields than a 422 lists: count them here rather than have pydantic
+            # build an error for each (a 2 MB body holds about 100,000)
+            known = self._names
+            unknown = [name for name in raw if name not in known]
+            raw = {name: value for name, value in raw.items() if name in known}
+        errors: list[Any] = []
         try:
             obj = self.patient_model.model_validate(raw)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
-            raise PatientInvalid(problems(errors, loc, self.names if suggest else None)) from None
+        errors += [
+            {"loc": (name,), "msg": "", "type": "extra_forbidden"}
+            for name in unknown[:MAX_PROBLEMS]
+        ]
+        if errors:
+            found = problems(errors, loc, self.names if suggest else None)
+            raise PatientInvalid(found, omitted=max(0, len(unknown) - MAX_PROBLEMS))
         return obj.model_dump(by_alias=True)
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.names)
 
     def validate_batch(self, body: BatchRequest) -> list[dict[str, Any]]:
         """Every patient of a batch, or PatientInvalid naming every problem of every patient
@@ -359,15 +392,20 @@ class Contract:
                 }
             )
         patients = []
+        omitted = 0
         for i, raw in enumerate(body.patients):
             try:
                 # past the problems a 422 lists, no suggestions (they would not be shown)
                 suggest = len(found) < MAX_PROBLEMS
                 patients.append(self.validate(raw, ("body", "patients", i), suggest=suggest))
             except PatientInvalid as exc:
-                found += exc.problems
+                if len(found) < MAX_PROBLEMS:
+                    found += exc.problems
+                else:  # counted, not described
+                    omitted += len(exc.problems)
+                omitted += exc.omitted
         if found:
-            raise PatientInvalid(found)
+            raise PatientInvalid(found, omitted)
         return patients
 
     @functools.cached_property
@@ -492,13 +530,21 @@ def _suggestion(name: str, known: Sequence[str]) -> str:
     return hint + " (GET /v1/schema lists this model's fields)"
 
 
-def bounded(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A 422's detail: the first MAX_PROBLEMS problems, then one entry counting the rest."""
-    if len(found) <= MAX_PROBLEMS:
+def request_problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """A request's validation errors as a 422's detail: only those it lists are converted."""
+    listed = problems(errors[:MAX_PROBLEMS], ())
+    return bounded(listed, omitted=len(errors) - len(listed))
+
+
+def bounded(found: Sequence[dict[str, Any]], omitted: int = 0) -> list[dict[str, Any]]:
+    """A 422's detail: the first MAX_PROBLEMS problems, then one entry counting the rest
+    (those not listed, and `omitted`: problems counted but never described)."""
+    if len(found) <= MAX_PROBLEMS and not omitted:
         return list(found)
-    rest = len(found) - MAX_PROBLEMS
+    listed = found[:MAX_PROBLEMS]
+    rest = len(found) - len(listed) + omitted
     return [
-        *found[:MAX_PROBLEMS],
+        *listed,
         {
             "loc": ["body"],
             "field": "",

@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.patient import Patient
 from sqlalchemy import select
 
 from personalize.service.audit import AuditRecord
 from personalize.service.cds_hooks import SUMMARY_MAX, summary
-from personalize.service.fhir import daily_dose, patient_age
+from personalize.service.fhir import daily_dose, patient_age, read_resource
 from personalize.service.schemas import (
     ArmOutcome,
     Benefit,
@@ -52,6 +54,8 @@ def medication(text: str, mg: float, per_day: int, unit: str = "mg") -> dict[str
     return {
         "resourceType": "MedicationRequest",
         "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/pat-123"},
         "medicationCodeableConcept": {"text": text},
         "dosageInstruction": [
             {
@@ -197,24 +201,36 @@ def test_patient_view_refuses_what_it_cannot_answer(app: Any, client: TestClient
     assert client.post(SERVICE, json={"hook": "patient-view"}, headers=headers).status_code == 422
 
 
+def patient(birth: str) -> Patient:
+    read, _, why = read_resource(Patient, {"resourceType": "Patient", "birthDate": birth})
+    assert read is not None, why
+    return read
+
+
+def dose(med: dict[str, Any], fentanyl: bool = False) -> tuple[float | None, str]:
+    read, _, why = read_resource(MedicationRequest, med)
+    assert read is not None, why
+    return daily_dose(read, fentanyl=fentanyl)
+
+
 def test_age_needs_a_full_birth_date() -> None:
     notes: list[str] = []
     today = date(2026, 6, 15)
-    assert patient_age({"birthDate": "1960-06-15"}, today, notes, "Age")[0] == 66
-    assert patient_age({"birthDate": "1960-06-16"}, today, notes, "Age")[0] == 65
-    assert patient_age({"birthDate": "1960"}, today, notes, "Age")[0] is None
+    assert patient_age(patient("1960-06-15"), today, notes, "Age")[0] == 66
+    assert patient_age(patient("1960-06-16"), today, notes, "Age")[0] == 65
+    assert patient_age(patient("1960"), today, notes, "Age")[0] is None
     assert notes and "not a full date" in notes[0]
 
 
 def test_daily_dose_is_computed_only_when_it_is_unambiguous() -> None:
-    assert daily_dose(medication("oxycodone", 5, 6), fentanyl=False) == (30.0, "")
+    assert dose(medication("oxycodone", 5, 6)) == (30.0, "")
     q6h = medication("oxycodone", 5, 1)
     q6h["dosageInstruction"][0]["timing"]["repeat"].update(period=6, periodUnit="h")
-    assert daily_dose(q6h, fentanyl=False)[0] == 20.0
+    assert dose(q6h)[0] == 20.0
     tablets = medication("oxycodone", 1, 2, unit="tablet")
-    assert daily_dose(tablets, fentanyl=False)[0] is None
+    assert dose(tablets)[0] is None
     patch = medication("fentanyl 25 mcg/hr patch", 25, 1, unit="mcg/h")
-    assert daily_dose(patch, fentanyl=True) == (25.0, "")
+    assert dose(patch, fentanyl=True) == (25.0, "")
 
 
 def test_card_summary_stays_under_140_characters() -> None:

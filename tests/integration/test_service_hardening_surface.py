@@ -20,12 +20,13 @@ import joblib
 import mlflow
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from personalize import registry
 from personalize.service.app import create_app
 from personalize.service.audit import Database
 from personalize.service.auth import create_key
-from personalize.service.fhir import UNUSABLE, daily_dose, number
+from personalize.service.fhir import UNUSABLE, broken, daily_dose, number, read_resource
 from personalize.service.routes.docs import DOCS_UI_DIR
 from personalize.service.schemas import MAX_PROBLEMS, PATIENT_REF_MAX
 from support.registry import STAMP_MODEL, TrainedRegistry
@@ -44,6 +45,8 @@ def medication(amount: Any, frequency: Any = 2, period: Any = 1) -> dict[str, An
     return {
         "resourceType": "MedicationRequest",
         "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/pat-1"},
         "medicationCodeableConcept": {"text": "oxycodone 10 MG Oral Tablet"},
         "dosageInstruction": [
             {
@@ -58,16 +61,28 @@ def test_fhir_numbers_beyond_a_float_are_unusable_not_an_overflow() -> None:
     assert number(HUGE) is UNUSABLE and number(-HUGE) is UNUSABLE
     assert number(float("inf")) is UNUSABLE
     assert number(12) == 12.0 and number(True) is None and number("12") is None
-    for med in (medication(HUGE), medication(10, frequency=HUGE), medication(10, period=HUGE)):
-        dose, why = daily_dose(med, fentanyl=False)
+    for med in (medication(HUGE), medication(10, period=HUGE)):
+        dose, why = daily_dose(read(med), fentanyl=False)
         assert dose is None and "not a finite number" in why
-    dose, why = daily_dose(medication(1e300, frequency=1e300), fentanyl=False)
+    # a frequency is a FHIR positiveInt (32 bits): beyond it the element is dropped, noted
+    resource, dropped, _ = read_resource(MedicationRequest, medication(10, frequency=HUGE))
+    assert resource is not None and broken(dropped) == [
+        "dosageInstruction.0.timing.repeat.frequency"
+    ]
+    assert daily_dose(resource, fentanyl=False) == (None, "no dosing frequency or period")
+    dose, why = daily_dose(read(medication(1e300, frequency=4, period=1e-300)), fentanyl=False)
     assert dose is None and "daily dose" in why
     per_minute = medication(10, period=5e-324)
     per_minute["dosageInstruction"][0]["timing"]["repeat"]["periodUnit"] = "min"
-    dose, why = daily_dose(per_minute, fentanyl=False)
+    dose, why = daily_dose(read(per_minute), fentanyl=False)
     assert dose is None and "period" in why  # rounds to a zero span, not a ZeroDivisionError
-    assert daily_dose(medication(10, frequency=4), fentanyl=False) == (40.0, "")
+    assert daily_dose(read(medication(10, frequency=4)), fentanyl=False) == (40.0, "")
+
+
+def read(med: dict[str, Any]) -> MedicationRequest:
+    resource, _, why = read_resource(MedicationRequest, med)
+    assert resource is not None, why
+    return resource
 
 
 def observation(code: str, **value: Any) -> dict[str, Any]:
@@ -103,7 +118,7 @@ def test_cds_numbers_too_large_for_a_float_are_reported_on_the_card(
         "observations": bundle(
             observation("phq8", valueInteger=HUGE),
             observation("gad7", valueQuantity={"value": HUGE}),
-            observation("pcs", valueDecimal=-HUGE),
+            observation("pcs", valueQuantity={"value": -HUGE}),
             observation("odi", valueQuantity={"value": HUGE}),
             older,  # the most recent value is unusable: not replaced by an older one
             observation("bpi_severity", valueQuantity={"value": 6.5}),
@@ -115,9 +130,12 @@ def test_cds_numbers_too_large_for_a_float_are_reported_on_the_card(
     (card,) = r.json()["cards"]
     detail = card["detail"]
     unused = detail.split("**Data not used**")[1]
-    for name in ("PHQ-8", "GAD-7", "catastrophizing", "Oswestry"):
+    for name in ("GAD-7", "catastrophizing", "Oswestry"):
         line = next(x for x in unused.splitlines() if name.lower() in x.lower())
         assert "not a finite number" in line and "not used" in line
+    # a valueInteger is a 32-bit FHIR integer: beyond it the element is dropped, noted
+    line = next(x for x in unused.splitlines() if f"{LOCAL}|phq8" in x)
+    assert "valueInteger is not a valid FHIR value; not used" in line
     assert "cannot compute MME/day" in unused and "dose quantity" in unused
     assert "bpi_severity from Observation" in detail  # the usable value is used
     assert "odi from" not in detail and card["indicator"] == "warning"

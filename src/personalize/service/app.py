@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from personalize import __version__
 from personalize.service import metrics, routes
 from personalize.service.audit import Database
-from personalize.service.config import Settings
+from personalize.service.cds_clients import TrustedClients
+from personalize.service.config import Settings, SettingsError
 from personalize.service.fhir import FhirMapping
 from personalize.service.headers import SecurityHeadersMiddleware
 from personalize.service.holder import RELOAD, ModelHolder
@@ -94,6 +95,16 @@ async def _send_problem(send: Send, code: int, detail: str) -> None:
 # ---------------------------------------------------------------------------- the app
 
 
+def trusted_cds_clients(settings: Settings) -> TrustedClients | None:
+    """The CDS clients file, read once at start (a bad file stops the start, naming it)."""
+    if settings.cds_clients is None:
+        return None
+    try:
+        return TrustedClients.load(settings.cds_clients)
+    except ValueError as exc:
+        raise SettingsError(f"PERSONALIZE_CDS_CLIENTS: {exc}") from None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     database = Database(
@@ -106,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     scorer = scoring_thread(settings, database)
     mapping = FhirMapping.load(settings.fhir_mapping)
+    cds_clients = trusted_cds_clients(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holder
     app.state.scorer = scorer
     app.state.fhir_mapping = mapping
+    app.state.cds_clients = cds_clients
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     insert,
     select,
@@ -114,6 +115,42 @@ class ServiceSignal(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CdsTokenSeen(Base):
+    """A CDS client's JWT id, kept until the token expires: a second use is a replay, in
+    whichever worker or replica it arrives."""
+
+    __tablename__ = "cds_tokens_seen"
+    __table_args__ = (Index("ix_cds_tokens_seen_expires_at", "expires_at"),)
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256(iss, jti)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CdsFeedback(Base):
+    """What the clinician did with a card (CDS Hooks feedback). The card id is the audit
+    record's id, so feedback joins the recommendation it is about. Free-text comments are
+    not kept: they may name the patient."""
+
+    __tablename__ = "cds_feedback"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    key_id: Mapped[str] = mapped_column(String(32))
+    service_id: Mapped[str] = mapped_column(String(64))
+    card: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
+    override_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    outcome_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    card: str
+    outcome: str
+    override_reason: str | None
+    outcome_at: str | None
 
 
 @dataclass(frozen=True)
@@ -305,6 +342,62 @@ class Database:
         self.availability.answered()
         return [[str(row["id"]) for row in request] for request in rows]
 
+    def first_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """Record a CDS client's JWT id; False when it was recorded before (a replay).
+        Expired ids are purged as new ones arrive."""
+        token = hashlib.sha256(f"{issuer}\0{jti}".encode()).hexdigest()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(delete(CdsTokenSeen).where(CdsTokenSeen.expires_at < utcnow()))
+                connection.execute(
+                    insert(CdsTokenSeen), [{"token": token, "expires_at": expires_at}]
+                )
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            self.availability.failed(exc)
+            raise
+        self.availability.answered()
+        return True
+
+    def cds_records(self, ids: Sequence[str]) -> set[str]:
+        """Which of these audit record ids are CDS Hooks recommendations (cards)."""
+        if not ids:
+            return set()
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(AuditRecord.id).where(
+                    AuditRecord.id.in_(list(ids)), AuditRecord.channel == "cds-hooks"
+                )
+            ).scalars()
+            return set(found)
+
+    def record_feedback(
+        self, key_id: str, service_id: str, entries: Sequence[FeedbackEntry]
+    ) -> None:
+        """Write a feedback request's entries in one transaction."""
+        now = utcnow()
+        rows = [
+            {
+                "id": uuid.uuid4().hex,
+                "created_at": now,
+                "key_id": key_id,
+                "service_id": service_id,
+                "card": e.card,
+                "outcome": e.outcome,
+                "override_reason": e.override_reason,
+                "outcome_at": e.outcome_at,
+            }
+            for e in entries
+        ]
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(CdsFeedback), rows)
+        except SQLAlchemyError as exc:
+            self.availability.failed(exc)
+            raise
+        self.availability.answered()
+
 
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a server may drop idle connections
@@ -348,7 +441,10 @@ __all__ = [
     "AuditRecord",
     "AuditRequest",
     "Base",
+    "CdsFeedback",
+    "CdsTokenSeen",
     "Database",
+    "FeedbackEntry",
     "SQLAlchemyError",
     "ServiceSecret",
     "ServiceSignal",

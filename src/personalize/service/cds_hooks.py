@@ -3,7 +3,8 @@ discovery advertises, the checks a patient-view request must pass, and the card'
 
 The EHR sends a FHIR R4 prefetch (the Patient, a Bundle of Observations, optionally a Bundle
 of active MedicationRequests); `personalize.service.fhir` turns it into the model's
-features. The service never calls the FHIR server itself: a missing required prefetch gets
+features. What a registered client leaves out is fetched from its own FHIR server
+(`personalize.service.fhir_fetch`); a required prefetch that can be had neither way gets
 412 Precondition Failed, as the specification asks, not a guess. The routes are in
 `personalize.service.routes.cds_hooks`.
 """
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from fastapi import HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from personalize.service import fhir
 from personalize.service.fhir import Extraction
 from personalize.service.holder import LoadedModel
 from personalize.service.schemas import PATIENT_REF_MAX, Recommendation
@@ -63,7 +65,13 @@ class CdsRequest(BaseModel):
 
 class CardSource(BaseModel):
     label: str
-    url: str | None = None
+    url: str | None = Field(default=None, description="the model card, for a browser")
+
+
+class Link(BaseModel):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"] = "absolute"
 
 
 class Card(BaseModel):
@@ -72,10 +80,53 @@ class Card(BaseModel):
     indicator: Literal["info", "warning", "critical"]
     detail: str = Field(description="GitHub-flavored Markdown")
     source: CardSource
+    links: list[Link] = Field(default_factory=list)
 
 
 class CdsResponse(BaseModel):
     cards: list[Card]
+
+
+class OverrideReason(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    reason: dict[str, Any] | None = Field(default=None, description="a FHIR Coding")
+    userComment: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    card: str = Field(max_length=64, description="the card's uuid")
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[dict[str, Any]] | None = Field(default=None, max_length=20)
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: str | None = Field(default=None, max_length=40)
+
+
+class Feedback(BaseModel):
+    """CDS Hooks 2.0 feedback: what the clinician did with cards this service returned."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+def card_uuid(audit_id: str) -> str:
+    """The card's uuid is its audit record's id, so feedback finds the recommendation."""
+    return str(uuid.UUID(hex=audit_id))
+
+
+def audit_id_of(card: str) -> str | None:
+    try:
+        return uuid.UUID(card).hex
+    except ValueError:
+        return None
+
+
+def override_reason(item: FeedbackItem) -> str | None:
+    """The override reason's code and display (the free-text comment is not kept)."""
+    reason = (item.overrideReason.reason if item.overrideReason else None) or {}
+    text = " ".join(str(reason.get(k) or "") for k in ("system", "code", "display")).strip()
+    return text[:200] or None
 
 
 # ---------------------------------------------------------------------------- the service
@@ -97,16 +148,17 @@ def service(loaded: LoadedModel, service_id: str, prefetch: dict[str, str]) -> C
         ),
         prefetch=prefetch,
         usageRequirements=(
-            "Send an API key with the clinician role as 'Authorization: Bearer <key>'. "
-            "The 'patient' and 'observations' prefetch are required (412 otherwise); "
-            "the service does not query the FHIR server."
+            "A registered CDS client signs each call with its JWT (CDS Hooks 2.0); the "
+            "project's own tools may send a clinician API key instead. Prefetch the client "
+            "leaves out is fetched from its registered FHIR server with "
+            "fhirAuthorization.access_token; 'patient' and 'observations' that can be had "
+            "neither way get 412."
         ),
     )
 
 
-def read_patient_view(body: CdsRequest) -> tuple[str, dict[str, Any]]:
-    """(patient id, prefetch) of a patient-view request; 400 for another hook or a request
-    that contradicts itself, 412 when a required prefetch is missing."""
+def read_patient_view(body: CdsRequest) -> str:
+    """The patient id of a patient-view request; 400 for another hook or no usable id."""
     if body.hook != HOOK:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,
@@ -120,13 +172,30 @@ def read_patient_view(body: CdsRequest) -> tuple[str, dict[str, Any]]:
             status.HTTP_400_BAD_REQUEST,
             detail=f"context.patientId is longer than {PATIENT_REF_MAX} characters",
         )
-    prefetch = body.prefetch or {}
-    missing = [k for k in REQUIRED_PREFETCH if prefetch.get(k) is None]
+    return patient_id
+
+
+def missing_prefetch(body: CdsRequest, templates: dict[str, str]) -> list[str]:
+    """The prefetch keys discovery asks for that the request left out (absent, not null:
+    null is the EHR saying there is no data)."""
+    sent = body.prefetch or {}
+    return [k for k in templates if k not in sent]
+
+
+def check_prefetch(prefetch: dict[str, Any], patient_id: str, why_missing: str) -> None:
+    """412 when a required prefetch could be had neither from the request nor by fetching
+    (`why_missing` says why nothing was fetched); 400 when the patient is another one."""
+    missing = [
+        k
+        for k in REQUIRED_PREFETCH
+        if k not in prefetch or (k == "patient" and fhir.outcome_issues(prefetch[k]) is not None)
+    ]
+    if "patient" not in missing and prefetch.get("patient") is None:
+        missing.insert(0, "patient")  # null: the EHR has no such patient to give
     if missing:
         raise HTTPException(
             status.HTTP_412_PRECONDITION_FAILED,
-            detail=f"required prefetch missing: {', '.join(missing)} (this service does not "
-            "query the FHIR server; send the prefetch named in discovery)",
+            detail=f"required prefetch missing: {', '.join(missing)} ({why_missing})",
         )
     patient = prefetch["patient"]
     if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
@@ -136,7 +205,6 @@ def read_patient_view(body: CdsRequest) -> tuple[str, dict[str, Any]]:
             status.HTTP_400_BAD_REQUEST,
             detail="prefetch.patient.id does not match context.patientId",
         )
-    return patient_id, prefetch
 
 
 # ---------------------------------------------------------------------------- cards
@@ -233,7 +301,9 @@ def detail(rec: Recommendation, treatment: str, control: str, extraction: Extrac
     return "\n".join(lines)
 
 
-def card(rec: Recommendation, loaded: LoadedModel, extraction: Extraction) -> Card:
+def card(
+    rec: Recommendation, loaded: LoadedModel, extraction: Extraction, model_card_url: str
+) -> Card:
     treatment, control = loaded.arms
     m = rec.model
     label = f"{SOURCE_LABEL}: {m.name} v{m.version}" + (" (SYNTHETIC data)" if m.synthetic else "")
@@ -241,9 +311,10 @@ def card(rec: Recommendation, loaded: LoadedModel, extraction: Extraction) -> Ca
         "warning" if m.synthetic or rec.warnings or extraction.notes else "info"
     )
     return Card(
-        uuid=str(uuid.uuid4()),
+        uuid=card_uuid(rec.audit_id),
         summary=summary(rec, treatment, control),
         indicator=indicator,
         detail=detail(rec, treatment, control, extraction),
-        source=CardSource(label=label),
+        source=CardSource(label=label, url=model_card_url),
+        links=[Link(label=f"Model card: {m.name} v{m.version}", url=model_card_url)],
     )

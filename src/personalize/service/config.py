@@ -114,6 +114,17 @@ class Settings(BaseSettings):
         description="FHIR R4 -> feature mapping for CDS Hooks",
     )
     cds_service_id: str = Field(default=DEFAULT_CDS_SERVICE_ID, pattern=r"^[A-Za-z0-9_.-]+$")
+    cds_clients: Path | None = Field(
+        default=None,
+        description="YAML file of the CDS clients (EHRs) trusted to call the CDS Hooks "
+        "routes with their own JWTs: iss, jwks_url, fhir_servers; unset: API keys only",
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="the service's public base URL, as EHRs call it: the audience of CDS "
+        "clients' JWTs and the base of the card's links; required with cds_clients",
+    )
     page_dir: Path = Field(
         default=PACKAGE_DIR / "page", description="static files of the clinician page"
     )
@@ -137,6 +148,20 @@ class Settings(BaseSettings):
         secret = self.pseudonym_secret.get_secret_value() if self.pseudonym_secret else None
         pseudonyms.explicit_key(secret, self.pseudonym_secret_file, self.env)
         return self
+
+    @model_validator(mode="after")
+    def _cds_clients(self) -> Settings:
+        if self.cds_clients is not None and self.public_url is None:
+            raise ValueError(
+                "PERSONALIZE_CDS_CLIENTS needs PERSONALIZE_PUBLIC_URL (the audience of the "
+                "clients' JWTs)"
+            )
+        return self
+
+    def cds_audience(self, service_id: str | None = None) -> str:
+        """The `aud` a CDS client's JWT must carry: the discovery endpoint, or a service."""
+        base = f"{(self.public_url or '').rstrip('/')}/cds-services"
+        return base if service_id is None else f"{base}/{service_id}"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

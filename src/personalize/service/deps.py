@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -29,6 +30,12 @@ from personalize.service.auth import (
     verified_before,
 )
 from personalize.service.availability import DatabaseAvailability
+from personalize.service.cds_clients import (
+    CdsClient,
+    ClientRejected,
+    TrustedClients,
+    looks_like_jwt,
+)
 from personalize.service.config import Settings
 from personalize.service.fhir import FhirMapping
 from personalize.service.holder import LoadedModel, ModelHolder
@@ -235,3 +242,83 @@ AnyKey = Annotated[Principal, Depends(require(Role.clinician))]
 Clinician = AnyKey
 Researcher = Annotated[Principal, Depends(require(Role.researcher))]
 Admin = Annotated[Principal, Depends(require(Role.admin))]
+
+
+# ---------------------------------------------------------------------------- CDS clients
+
+
+@dataclass(frozen=True)
+class CdsCaller:
+    """Who called a CDS Hooks route: a registered EHR (its JWT verified) or the project's
+    own tools with a clinician API key (`client` None)."""
+
+    principal: Principal
+    client: CdsClient | None = None
+
+
+async def _cds_caller(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    database: Database,
+    guard: KeyGuard,
+    audience: list[str],
+) -> CdsCaller:
+    clients: TrustedClients | None = request.app.state.cds_clients
+    if (
+        clients is None
+        or credentials is None
+        or credentials.scheme.lower() != "bearer"
+        or not looks_like_jwt(credentials.credentials)
+    ):
+        principal = await authenticate(request, credentials, database, guard)
+        return CdsCaller(await require(Role.clinician)(principal))
+    address = request.client.host if request.client else "unknown"
+    wait = guard.wait(address, None)
+    if wait:
+        raise _too_many(wait)
+
+    def first_use(client: CdsClient, jti: str, expires_at: Any) -> bool:
+        return database.first_use(client.iss, jti, expires_at)
+
+    verify = functools.partial(clients.verify, credentials.credentials, audience, first_use)
+    try:
+        call = await anyio.to_thread.run_sync(verify)  # may fetch the client's key set
+    except ClientRejected as exc:
+        guard.failed(address, None)
+        raise _unauthorized(f"CDS client JWT refused: {exc}") from None
+    except SQLAlchemyError:
+        raise database_unavailable(database.availability) from None
+    return CdsCaller(Principal(call.client.key_id, Role.clinician), call.client)
+
+
+async def cds_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    database: DatabaseDep,
+    guard: KeyGuardDep,
+    settings: SettingsDep,
+) -> CdsCaller:
+    """A CDS service's caller: a registered client's JWT whose `aud` is this service's
+    endpoint (or its feedback endpoint), else a clinician API key."""
+    service = settings.cds_audience(request.path_params.get("service_id", ""))
+    feedback = request.url.path.endswith("/feedback")
+    audience = [service, f"{service}/feedback"] if feedback else [service]
+    return await _cds_caller(request, credentials, database, guard, audience)
+
+
+async def discovery_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    database: DatabaseDep,
+    guard: KeyGuardDep,
+    settings: SettingsDep,
+) -> CdsCaller | None:
+    """Discovery describes the service and holds no patient data: open, but a credential
+    that is sent must be valid (a JWT with `aud` the discovery endpoint, or a key)."""
+    if credentials is None:
+        return None
+    return await _cds_caller(request, credentials, database, guard, [settings.cds_audience()])
+
+
+CdsCallerDep = Annotated[CdsCaller, Depends(cds_caller)]
+DiscoveryCaller = Annotated[CdsCaller | None, Depends(discovery_caller)]

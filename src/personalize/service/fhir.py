@@ -6,24 +6,40 @@ Observation with one of its codes (LOINC where one exists, else the local code s
 there is one, or the total morphine milligram equivalents per day (scheduled daily dose times
 the conversion factor of fhir_mapping.yaml's `opioids`). A value that cannot be read without
 guessing (a partial birth date, a dose in tablets) is left missing and noted, never guessed.
+
+Resources are read with the `fhir.resources` models (FHIR R4B, the R4 revision whose Patient,
+Observation and MedicationRequest are R4's), leniently as real EHR data needs: an element
+the model does not know (another version's field) is dropped, an element that breaks its
+type (a valueInteger beyond 32 bits) is dropped and noted, and a resource still invalid
+after that (no status, no code) is noted as not used. Nothing in a prefetch is a 500.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import yaml
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.resource import Resource
+from pydantic import ValidationError
 
 from personalize.service.config import SettingsError
 from personalize.service.schemas import Contract, PatientInvalid
 
 UNUSABLE_STATUS = {"entered-in-error", "cancelled"}
 UNUSABLE_NUMBER = "not a finite number a float can hold"
+MAX_REPAIRS = 20  # elements dropped from one resource before it is given up on
+
+R = TypeVar("R", bound=Resource)
 
 
 class FhirError(ValueError):
@@ -58,6 +74,59 @@ class Extraction:
                 self.notes.append(f"{name} from {origin}: {problem['msg']}; not used")
                 values.pop(name, None)
         return contract.validate(values, ("prefetch",))
+
+
+def read_resource(model: type[R], data: Any) -> tuple[R | None, list[str], str]:
+    """(resource, dropped elements, why not) of untrusted FHIR JSON: elements the model
+    does not know or whose value breaks their type are dropped (and listed); a resource
+    still invalid without them is None with the reason (never its values)."""
+    if not isinstance(data, dict) or data.get("resourceType") != model.__name__:
+        return None, [], f"not a {model.__name__}"
+    dropped: list[str] = []
+    for _ in range(MAX_REPAIRS):
+        try:
+            return model.model_validate(data), dropped, ""
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            fixable = [e for e in errors if e["loc"] and "missing" not in str(e["type"])]
+            if len(fixable) < len(errors):
+                missing = next(e for e in errors if e not in fixable)
+                where = ".".join(str(p) for p in missing["loc"]) or "(resource)"
+                return None, dropped, f"{where} is required"
+            data = copy.deepcopy(data) if not dropped else data
+            for error in fixable:
+                path = [p for p in error["loc"] if not str(p).startswith("function-")]
+                if not _drop(data, path):
+                    where = ".".join(str(p) for p in path)
+                    return None, dropped, f"{where} cannot be read"
+                quiet = error["type"] == "extra_forbidden"
+                dropped.append(("" if quiet else "!") + ".".join(str(p) for p in path))
+    return None, dropped, "too many unreadable elements"
+
+
+def _drop(data: Any, path: list[Any]) -> bool:
+    """Delete the element at `path` (keys and list indices) from nested JSON."""
+    node = data
+    for step in path[:-1]:
+        inside = (isinstance(node, dict) and step in node) or (
+            isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        )
+        if not inside:
+            return False
+        node = node[step]
+    last = path[-1] if path else None
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        del node[last]
+        return True
+    return False
+
+
+def broken(dropped: list[str]) -> list[str]:
+    """The dropped elements whose value broke their type (not merely unknown ones)."""
+    return [d[1:] for d in dropped if d.startswith("!")]
 
 
 class FhirMapping:
@@ -111,12 +180,16 @@ class FhirMapping:
 
     def extract(self, contract: Contract, prefetch: dict[str, Any], today: date) -> Extraction:
         """The model's features found in a prefetch (`patient` a Patient resource, the
-        others Bundles), with where each came from and what could not be used."""
+        others Bundles; a key that is absent or null means no data), with where each came
+        from and what could not be used."""
         result = Extraction()
-        patient = prefetch["patient"]
-        observations = _resources(prefetch.get("observations"), "Observation")
-        meds_bundle = prefetch.get("medications")
-        meds = None if meds_bundle is None else _resources(meds_bundle, "MedicationRequest")
+        patient = _patient(prefetch.get("patient"), result.notes)
+        observations = _resources(prefetch.get("observations"), Observation, result.notes)
+        meds = (
+            None
+            if prefetch.get("medications") is None
+            else _resources(prefetch["medications"], MedicationRequest, result.notes)
+        )
         for f in contract.fields:
             src = self.source(f.name)
             value: Any = None
@@ -124,7 +197,7 @@ class FhirMapping:
             if src.kind == "patient.birthDate":
                 value, origin = patient_age(patient, today, result.notes, f.label)
             elif src.kind == "patient.gender":
-                gender = patient.get("gender")
+                gender = patient.gender if patient is not None else None
                 if gender is not None:
                     value = (src.values or {}).get(str(gender))
                     if value is None:
@@ -149,7 +222,7 @@ class FhirMapping:
         return result
 
     def _medications(
-        self, meds: list[dict[str, Any]] | None, src: Source, label: str, notes: list[str]
+        self, meds: list[MedicationRequest] | None, src: Source, label: str, notes: list[str]
     ) -> tuple[Any, str]:
         if meds is None:
             notes.append(f"{label}: no medications prefetch sent; not used")
@@ -157,7 +230,7 @@ class FhirMapping:
         total = 0.0
         opioid_count = 0
         for med in meds:
-            if med.get("status") not in (None, "active"):
+            if med.status not in (None, "active"):
                 continue
             name = _medication_name(med)
             factor = self._opioid_factor(name)
@@ -191,54 +264,96 @@ def _split_code(text: str) -> tuple[str, str]:
     return system, code
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """FHIR JSON from outside is untrusted: a dict, or {} for anything else."""
-    return value if isinstance(value, dict) else {}
+def outcome_issues(value: Any) -> str | None:
+    """When a prefetch or fetched value is an OperationOutcome (the EHR's "could not"), what
+    it says, briefly; None for anything else."""
+    if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
+        return None
+    issues: list[Any] = value["issue"] if isinstance(value.get("issue"), list) else []
+    codes = [str(i.get("code")) for i in issues if isinstance(i, dict) and i.get("code")]
+    return ", ".join(dict.fromkeys(codes[:5])) or "no issue given"
 
 
-def _items(value: Any) -> list[dict[str, Any]]:
-    """The dicts of a FHIR array ([] when it is not an array)."""
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+def _patient(value: Any, notes: list[str]) -> Patient | None:
+    if value is None:
+        return None
+    if (issues := outcome_issues(value)) is not None:
+        notes.append(f"patient: the EHR answered with an OperationOutcome ({issues}); no data")
+        return None
+    patient, dropped, why = read_resource(Patient, value)
+    for element in broken(dropped):
+        notes.append(f"Patient.{element}: not a valid FHIR value; not used")
+    if patient is None:
+        raise FhirError(f"prefetch.patient is not a usable FHIR Patient ({why})")
+    return patient
 
 
-def _resources(bundle: Any, kind: str) -> list[dict[str, Any]]:
+def _resources(bundle: Any, model: type[R], notes: list[str]) -> list[R]:
+    """The resources of kind `model` in a Bundle (or one bare resource); an
+    OperationOutcome is no data, noted; an invalid resource is noted and skipped."""
+    kind = model.__name__
     if bundle is None:
         return []
+    if (issues := outcome_issues(bundle)) is not None:
+        notes.append(f"{kind}: the EHR answered with an OperationOutcome ({issues}); no data")
+        return []
     if isinstance(bundle, dict) and bundle.get("resourceType") == kind:
-        return [bundle]
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raw = [bundle]
+    elif isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle":
+        entries: list[Any] = bundle["entry"] if isinstance(bundle.get("entry"), list) else []
+        raw = [
+            e["resource"]
+            for e in entries
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == kind
+        ]
+    else:
         raise FhirError(f"prefetch: expected a Bundle of {kind}")
-    out = []
-    for entry in _items(bundle.get("entry")):
-        resource = _obj(entry.get("resource"))
-        if resource.get("resourceType") == kind:
+    out: list[R] = []
+    for i, data in enumerate(raw):
+        resource, dropped, why = read_resource(model, data)
+        for element in broken(dropped):
+            notes.append(f"{_named(resource, i)}: {element} is not a valid FHIR value; not used")
+        if resource is None:
+            notes.append(f"{kind} #{i + 1}: not a valid FHIR R4 {kind} ({why}); not used")
+        else:
             out.append(resource)
     return out
 
 
+def _named(resource: Any, index: int) -> str:
+    """How a note names a resource: an Observation by its first code, else by position."""
+    kind = type(resource).__name__ if resource is not None else "resource"
+    codings = getattr(getattr(resource, "code", None), "coding", None) or []
+    if codings:
+        return f"{kind} {codings[0].system}|{codings[0].code}"
+    return f"{kind} #{index + 1}"
+
+
 def patient_age(
-    patient: dict[str, Any], today: date, notes: list[str], label: str
+    patient: Patient | None, today: date, notes: list[str], label: str
 ) -> tuple[Any, str]:
     """Age in whole years on `today` from Patient.birthDate, and where it came from; a
     partial date (year or year-month) is not guessed at: noted in `notes`, not used."""
-    birth = patient.get("birthDate")
-    if not birth:
+    birth = patient.birthDate if patient is not None else None
+    if birth is None:
         return None, ""
-    try:
-        born = date.fromisoformat(str(birth))
-    except ValueError:
+    if not isinstance(birth, date):  # the model keeps a partial date as its text
         notes.append(f"{label}: Patient.birthDate '{birth}' is not a full date; not used")
         return None, ""
-    years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
     return float(years), "Patient.birthDate"
 
 
-def _when(obs: dict[str, Any]) -> str:
-    for key in ("effectiveDateTime", "effectiveInstant", "issued"):
-        if obs.get(key):
-            return str(obs[key])
-    period = _obj(obs.get("effectivePeriod"))
-    return str(period.get("end") or period.get("start") or "")
+def _when(obs: Observation) -> str:
+    """When an Observation holds, as ISO text that sorts in time order."""
+    period = obs.effectivePeriod
+    edges = (period.end, period.start) if period is not None else ()
+    for value in (obs.effectiveDateTime, obs.effectiveInstant, obs.issued, *edges):
+        if value:
+            return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return ""
 
 
 class _Unusable:
@@ -249,10 +364,10 @@ UNUSABLE = _Unusable()
 
 
 def number(value: Any) -> float | _Unusable | None:
-    """A FHIR JSON number as a finite float; None when it is not a number at all, UNUSABLE
-    when it is one that a float cannot hold (JSON integers have no size limit, so a
-    400-digit valueInteger parses, and `float` of it raises OverflowError)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A FHIR number as a finite float; None when it is not a number at all, UNUSABLE when
+    it is one that a float cannot hold (a FHIR decimal has no size limit, so a 400-digit
+    value parses, and `float` of it is infinite or raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
     try:
         converted = float(value)
@@ -261,20 +376,19 @@ def number(value: Any) -> float | _Unusable | None:
     return converted if math.isfinite(converted) else UNUSABLE
 
 
-def _observation(observations: list[dict[str, Any]], src: Source, numeric: bool) -> tuple[Any, str]:
+def _observation(observations: list[Observation], src: Source, numeric: bool) -> tuple[Any, str]:
     """The most recent usable value of the codes `src` names (UNUSABLE when the most
     recent numeric value is a number no float can hold: reported, not passed over)."""
     wanted = set(src.codes)
     found = []
     for obs in observations:
-        if obs.get("status") in UNUSABLE_STATUS:
+        if obs.status in UNUSABLE_STATUS:
             continue
-        codings = _items(_obj(obs.get("code")).get("coding"))
         match = next(
             (
-                (str(c.get("system")), str(c.get("code")))
-                for c in codings
-                if (str(c.get("system")), str(c.get("code"))) in wanted
+                (str(c.system), str(c.code))
+                for c in obs.code.coding or []
+                if (str(c.system), str(c.code)) in wanted
             ),
             None,
         )
@@ -289,51 +403,52 @@ def _observation(observations: list[dict[str, Any]], src: Source, numeric: bool)
     return value, f"Observation {system}|{code}" + (f" ({when[:10]})" if when else "")
 
 
-def _observation_value(obs: dict[str, Any], numeric: bool) -> Any:
+def _observation_value(obs: Observation, numeric: bool) -> Any:
     if numeric:
-        quantity = obs.get("valueQuantity")
-        candidates = [_obj(quantity).get("value"), obs.get("valueInteger"), obs.get("valueDecimal")]
-        for value in candidates:
+        quantity = obs.valueQuantity.value if obs.valueQuantity is not None else None
+        for value in (quantity, obs.valueInteger):
             converted = number(value)
             if converted is not None:
                 return converted
         return None
-    concept = obs.get("valueCodeableConcept")
-    if isinstance(concept, dict):
-        for coding in _items(concept.get("coding")):
-            if isinstance(coding.get("code"), str) and coding["code"]:
-                return coding["code"]
-        if isinstance(concept.get("text"), str) and concept["text"]:
-            return concept["text"]
-    if isinstance(obs.get("valueString"), str):
-        return obs["valueString"]
-    if isinstance(obs.get("valueBoolean"), bool):
-        return "true" if obs["valueBoolean"] else "false"
+    concept = obs.valueCodeableConcept
+    if concept is not None:
+        for coding in concept.coding or []:
+            if coding.code:
+                return str(coding.code)
+        if concept.text:
+            return str(concept.text)
+    if obs.valueString:
+        return str(obs.valueString)
+    if obs.valueBoolean is not None:
+        return "true" if obs.valueBoolean else "false"
     return None
 
 
-def _medication_name(med: dict[str, Any]) -> str:
-    concept = _obj(med.get("medicationCodeableConcept"))
-    parts = [str(concept.get("text") or "")]
-    parts += [str(c.get("display") or "") for c in _items(concept.get("coding"))]
-    parts.append(str(_obj(med.get("medicationReference")).get("display") or ""))
+def _medication_name(med: MedicationRequest) -> str:
+    concept = med.medicationCodeableConcept
+    parts = []
+    if concept is not None:
+        parts.append(str(concept.text or ""))
+        parts += [str(c.display or "") for c in concept.coding or []]
+    if med.medicationReference is not None:
+        parts.append(str(med.medicationReference.display or ""))
     return " ".join(p for p in parts if p).lower()
 
 
 PERIOD_HOURS = {"h": 1.0, "d": 24.0, "wk": 168.0, "min": 1 / 60}
 
 
-def daily_dose(med: dict[str, Any], fentanyl: bool) -> tuple[float | None, str]:
+def daily_dose(med: MedicationRequest, fentanyl: bool) -> tuple[float | None, str]:
     """Scheduled daily dose in mg (transdermal fentanyl: mcg/h), from the first dosage
     instruction; None with the reason when it cannot be computed without guessing."""
-    dosages = _items(med.get("dosageInstruction"))
-    if not dosages:
+    if not med.dosageInstruction:
         return None, "no dosage instruction"
-    dosage = dosages[0]
-    rates = _items(dosage.get("doseAndRate"))
-    dose = _obj(rates[0].get("doseQuantity")) if rates else {}
-    amount = number(dose.get("value"))
-    unit = str(dose.get("code") or dose.get("unit") or "").lower().replace(" ", "")
+    dosage = med.dosageInstruction[0]
+    rates = dosage.doseAndRate or []
+    dose = rates[0].doseQuantity if rates else None
+    amount = number(dose.value) if dose is not None else None
+    unit = str((dose.code or dose.unit or "") if dose is not None else "").lower().replace(" ", "")
     if amount is None:
         return None, "no dose quantity"
     if isinstance(amount, _Unusable):
@@ -344,12 +459,12 @@ def daily_dose(med: dict[str, Any], fentanyl: bool) -> tuple[float | None, str]:
         return None, f"fentanyl dose unit '{unit}' is not mcg/h"
     if unit != "mg":
         return None, f"dose unit '{unit or 'none'}' is not mg"
-    repeat = _obj(_obj(dosage.get("timing")).get("repeat"))
-    frequency = number(repeat.get("frequency"))
-    period = number(repeat.get("period"))
-    hours = PERIOD_HOURS.get(str(repeat.get("periodUnit")))
+    repeat = dosage.timing.repeat if dosage.timing is not None else None
+    frequency = number(repeat.frequency) if repeat is not None else None
+    period = number(repeat.period) if repeat is not None else None
+    hours = PERIOD_HOURS.get(str(repeat.periodUnit)) if repeat is not None else None
     if frequency is None or period is None or not hours:
-        return None, "no dosing frequency"
+        return None, "no dosing frequency or period"
     if isinstance(frequency, _Unusable) or isinstance(period, _Unusable):
         return None, f"dosing frequency or period is {UNUSABLE_NUMBER}"
     span = period * hours  # a positive period this small rounds to 0.0

@@ -1,29 +1,66 @@
-"""CDS Hooks: discovery (`GET /cds-services`) and the patient-view service
-(`POST /cds-services/{service_id}`), which answers with one card."""
+"""CDS Hooks: discovery (`GET /cds-services`), the patient-view service
+(`POST /cds-services/{service_id}`), which answers with one card, the feedback endpoint
+(`POST /cds-services/{service_id}/feedback`) and the model card the card links to."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+import anyio
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, Response
 
-from personalize.service import cds_hooks
-from personalize.service.cds_hooks import CdsDiscovery, CdsRequest, CdsResponse
-from personalize.service.deps import Clinician, CurrentModel, MappingDep, Scorer, SettingsDep
+from personalize.service import cds_hooks, fhir_fetch
+from personalize.service.audit import FeedbackEntry
+from personalize.service.cds_hooks import CdsDiscovery, CdsRequest, CdsResponse, Feedback
+from personalize.service.deps import (
+    CdsCallerDep,
+    CurrentModel,
+    DatabaseDep,
+    DiscoveryCaller,
+    MappingDep,
+    Scorer,
+    SettingsDep,
+)
 from personalize.service.fhir import FhirError
 from personalize.service.recommend import recommend
 from personalize.service.schemas import Problem
 
 router = APIRouter(tags=["CDS Hooks"])
 
+CALLER_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no valid client JWT or clinician API key"},
+    403: {"model": Problem},
+    404: {"model": Problem, "description": "unknown service id"},
+    429: {"model": Problem, "description": "too many failed credential checks"},
+    503: {"model": Problem},
+}
+
+
+def _known_service(service_id: str, configured: str) -> None:
+    if service_id != configured:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no CDS service {service_id!r}")
+
+
+def model_card_url(request: Request, public_url: str | None, service_id: str) -> str:
+    """Where a browser opens the model card: under the public URL when one is set."""
+    base = (public_url or str(request.base_url)).rstrip("/")
+    return f"{base}/cds-services/{service_id}/model-card"
+
 
 @router.get(
     "/cds-services",
     response_model=CdsDiscovery,
-    responses={503: {"model": Problem, "description": "no model loaded yet"}},
+    responses={
+        401: {"model": Problem, "description": "a credential was sent and is not valid"},
+        503: {"model": Problem, "description": "no model loaded yet"},
+    },
     summary="CDS Hooks discovery",
 )
-def discovery(loaded: CurrentModel, mapping: MappingDep, settings: SettingsDep) -> CdsDiscovery:
+def discovery(
+    caller: DiscoveryCaller, loaded: CurrentModel, mapping: MappingDep, settings: SettingsDep
+) -> CdsDiscovery:
     prefetch = mapping.prefetch(loaded.contract)
     return CdsDiscovery(services=[cds_hooks.service(loaded, settings.cds_service_id, prefetch)])
 
@@ -32,39 +69,115 @@ def discovery(loaded: CurrentModel, mapping: MappingDep, settings: SettingsDep) 
     "/cds-services/{service_id}",
     response_model=CdsResponse,
     responses={
-        401: {"model": Problem},
-        403: {"model": Problem},
-        404: {"model": Problem, "description": "unknown service id"},
+        **CALLER_ERRORS,
         400: {"model": Problem, "description": "not a patient-view request"},
         412: {"model": Problem, "description": "required prefetch data missing"},
-        503: {"model": Problem},
     },
     summary="CDS Hooks patient-view: one card",
 )
 async def patient_view(
+    request: Request,
     service_id: str,
     body: CdsRequest,
-    principal: Clinician,
+    caller: CdsCallerDep,
     loaded: CurrentModel,
     mapping: MappingDep,
     settings: SettingsDep,
     scorer: Scorer,
 ) -> CdsResponse:
-    if service_id != settings.cds_service_id:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=f"no CDS service {cds_hooks.echo(service_id)}"
-        )
-    patient_id, prefetch = cds_hooks.read_patient_view(body)
+    _known_service(service_id, settings.cds_service_id)
+    patient_id = cds_hooks.read_patient_view(body)
+    prefetch = dict(body.prefetch or {})
+    templates = mapping.prefetch(loaded.contract)
+    missing = cds_hooks.missing_prefetch(body, templates)
+    notes: list[str] = []
+    why_missing = "send the prefetch named in discovery"
+    if missing and body.fhirServer:
+        if caller.client is None or not caller.client.allows_fhir_server(body.fhirServer):
+            why_missing = "fhirServer is not a FHIR server registered for this client"
+        else:
+            token = (body.fhirAuthorization or {}).get("access_token")
+            queries = {k: templates[k] for k in missing}
+            fetched = await fhir_fetch.fetch(
+                body.fhirServer, token if isinstance(token, str) else None, queries, body.context
+            )
+            prefetch.update(fetched.prefetch)
+            notes += fetched.notes
+            why_missing = "; ".join(fetched.notes) or why_missing
+    cds_hooks.check_prefetch(prefetch, patient_id, why_missing)
     try:
         extraction = mapping.extract(loaded.contract, prefetch, datetime.now(UTC).date())
     except FhirError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    extraction.notes[:0] = notes
     recs = await recommend(
         loaded,
         [extraction.validated(loaded.contract)],
         [patient_id],
         channel="cds-hooks",
-        principal=principal,
+        principal=caller.principal,
         scorer=scorer,
     )
-    return CdsResponse(cards=[cds_hooks.card(recs[0], loaded, extraction)])
+    url = model_card_url(request, settings.public_url, service_id)
+    return CdsResponse(cards=[cds_hooks.card(recs[0], loaded, extraction, url)])
+
+
+@router.post(
+    "/cds-services/{service_id}/feedback",
+    status_code=status.HTTP_200_OK,
+    responses={
+        **CALLER_ERRORS,
+        404: {"model": Problem, "description": "unknown service id or card"},
+    },
+    summary="CDS Hooks feedback: what the clinician did with a card",
+)
+async def feedback(
+    service_id: str,
+    body: Feedback,
+    caller: CdsCallerDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
+) -> Response:
+    _known_service(service_id, settings.cds_service_id)
+    ids = {item.card: cds_hooks.audit_id_of(item.card) for item in body.feedback}
+    known = await anyio.to_thread.run_sync(
+        database.cds_records, [i for i in ids.values() if i is not None]
+    )
+    unknown = [card for card, audit_id in ids.items() if audit_id not in known]
+    if unknown:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"no card {unknown[0][:64]!r} from this service"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+        )
+    entries = [
+        FeedbackEntry(
+            card=str(ids[item.card]),
+            outcome=item.outcome,
+            override_reason=cds_hooks.override_reason(item),
+            outcome_at=item.outcomeTimestamp,
+        )
+        for item in body.feedback
+    ]
+    await anyio.to_thread.run_sync(
+        database.record_feedback, caller.principal.key_id, service_id, entries
+    )
+    return Response(status_code=status.HTTP_200_OK)
+
+
+@router.get(
+    "/cds-services/{service_id}/model-card",
+    response_class=HTMLResponse,
+    responses={404: {"model": Problem}, 503: {"model": Problem}},
+    summary="The model card a card links to (for the clinician's browser; no patient data)",
+)
+def model_card(service_id: str, loaded: CurrentModel, settings: SettingsDep) -> HTMLResponse:
+    _known_service(service_id, settings.cds_service_id)
+    from personalize.report import render_model_card_html
+
+    title = f"Model card: {loaded.name} v{loaded.version}"
+    body = render_model_card_html(loaded.card())
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"</head><body>{body}</body></html>"
+    )

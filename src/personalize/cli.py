@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,8 +31,22 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """The message on stderr, unwrapped (one line stays one line), and the exit code."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _pipeline(path: Path) -> Pipeline:
+    """The pipeline file, through the one loader; a missing file is a usage error (2), a
+    file that cannot be used is a failure (1), each one line naming the file."""
+    from personalize.config import PipelineError, PipelineNotFound, load_pipeline
+
+    try:
+        return load_pipeline(path)
+    except PipelineNotFound as exc:
+        fail(str(exc))
+    except PipelineError as exc:
+        fail(str(exc), code=1)
 
 
 @app.command()
@@ -51,16 +66,12 @@ def simulate(
     ] = None,
 ) -> None:
     """Generate a SYNTHETIC two-arm trial with known potential outcomes."""
-    from personalize.config import PipelineError, load_pipeline
     from personalize.data.simulate import SCENARIOS
     from personalize.data.simulate import simulate as run
     from personalize.data.table import TableError, write_table
 
     if pipeline is not None:
-        try:
-            spec = load_pipeline(pipeline)
-        except PipelineError as exc:
-            fail(str(exc))
+        spec = _pipeline(pipeline)
         if spec.cohort.simulate is None or spec.cohort.path is None:
             fail(f"--pipeline: {pipeline} has no cohort.simulate block and cohort.path")
         scenario = scenario or spec.cohort.simulate.scenario
@@ -196,16 +207,15 @@ def promote(
 
 
 def _load(pipeline: Path, cohort: Path | None) -> tuple[Pipeline, pd.DataFrame]:
-    from personalize.config import PipelineError, load_pipeline
     from personalize.data.table import TableError, read_table
 
+    spec = _pipeline(pipeline)
+    path = cohort or (Path(spec.cohort.path) if spec.cohort.path else None)
+    if path is None:
+        fail("no cohort: pass --cohort or set cohort.path in the pipeline file")
     try:
-        spec = load_pipeline(pipeline)
-        path = cohort or (Path(spec.cohort.path) if spec.cohort.path else None)
-        if path is None:
-            fail("no cohort: pass --cohort or set cohort.path in the pipeline file")
         return spec, read_table(path)
-    except (PipelineError, TableError) as exc:
+    except TableError as exc:
         fail(str(exc))
 
 
@@ -382,17 +392,13 @@ def score(
 
     from personalize import registry
     from personalize.batch import scoring
-    from personalize.config import PipelineError, load_pipeline
 
     if engine not in ("local", "spark"):
         fail(f"--engine: choose local or spark, not {engine!r}")
     if model is None:
         if pipeline is None:
             fail("pass --model URI, or --pipeline PIPELINE.yaml to score with its champion")
-        try:
-            model = registry.ModelRef.champion(load_pipeline(pipeline)).uri
-        except PipelineError as exc:
-            fail(str(exc))
+        model = registry.ModelRef.champion(_pipeline(pipeline)).uri
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def terminate(signum: int, frame: object) -> None:  # kill: clean up like Ctrl-C
@@ -400,6 +406,10 @@ def score(
 
     signal.signal(signal.SIGTERM, terminate)
     try:
+        if engine == "local":  # refused before the model is even loaded
+            scoring.check_paths(
+                input_path, out_path, rejects or scoring.default_rejects_path(out_path)
+            )
         resolved = scoring.resolve_model(model, tracking_uri)
         if engine == "spark":
             from personalize.batch import spark_scoring
@@ -428,6 +438,9 @@ def score(
             )
     except scoring.ScoringError as exc:
         fail(str(exc), code=1)
+    except OSError as exc:  # an OS failure outside the files' own handling: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{scoring.os_reason(exc)}", code=1)
     except KeyboardInterrupt:
         fail("interrupted: nothing written under the output names", code=130)
     s = summary

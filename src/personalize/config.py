@@ -7,7 +7,7 @@ reads the cohort through this model, so nothing is hard-wired to one trial.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -224,18 +224,118 @@ class Pipeline(Strict):
         return list(dict.fromkeys(cols))
 
 
-class PipelineError(Exception):
-    """A pipeline file that cannot be used; the message names the key and the reason."""
+class PipelineError(ValueError):
+    """A pipeline file that cannot be used; the message names the file, the key or line,
+    and the reason."""
+
+
+class PipelineNotFound(PipelineError):
+    """No file at the path given (a usage error, not a bad file)."""
+
+
+MAX_PIPELINE_BYTES = 1 << 20  # a pipeline file is a few KiB; anything larger is not one
+MAX_DEPTH = 32  # nesting levels; the deepest real key (features.age.type) is at 3
+
+
+class _PipelineYAML(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what it would accept silently or fail on with a
+    traceback: a key given twice (the last one would win unnoticed), nesting deep enough
+    to exhaust Python's stack, an integer too long for Python to convert. Each refusal
+    names the line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Refused(f"line {mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _Refused(
+                    f"line {line}: duplicate key {key!r} (first given at line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError:
+            digits = sum(c.isdigit() for c in str(node.value))
+            raise _Refused(
+                f"line {node.start_mark.line + 1}: an integer of {digits} digits is too long"
+            ) from None
+
+
+_PipelineYAML.add_constructor("tag:yaml.org,2002:int", _PipelineYAML.construct_yaml_int)
+
+
+class _Refused(Exception):
+    """A pipeline file's YAML refused by `_PipelineYAML` (the message starts with the line)."""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where, then what."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = "; ".join(str(x) for x in (exc.context, exc.problem) if x)
+        return f"{where}{what}"
+    return " ".join(str(exc).split())
+
+
+def read_pipeline_text(path: Path) -> str:
+    """The file's text: a regular file of at most `MAX_PIPELINE_BYTES` bytes of UTF-8."""
+    if not path.exists():
+        raise PipelineNotFound(f"pipeline file not found: {path}")
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a directory, not a pipeline file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PIPELINE_BYTES + 1)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_PIPELINE_BYTES:
+        raise PipelineError(
+            f"{path}: larger than {MAX_PIPELINE_BYTES >> 20} MiB; not a pipeline file"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PipelineError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
+        ) from None
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
+    """The one reader of pipeline files (every command goes through it): each problem is
+    a `PipelineError` whose message names the file and, where there is one, the line or
+    the key."""
     path = Path(path)
+    text = read_pipeline_text(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"pipeline file not found: {path}") from None
+        raw = yaml.load(text, Loader=_PipelineYAML)  # a SafeLoader subclass
+    except _Refused as exc:
+        raise PipelineError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+        raise PipelineError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:  # a structure deep in one line (flow style) past the composer
+        raise PipelineError(f"{path}: nested too deeply") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping at the top level")
     try:

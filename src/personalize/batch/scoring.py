@@ -29,28 +29,41 @@ Output columns (one row per scored patient, in input order):
 Rejects columns: `row` (1-based position among the rows the reader could parse), `line`
 (for a CSV line that could not be parsed at all: its line number in the file), the id
 column, `column`, `value`, `reason`, `other_problems` (further problems of the same row).
+A rejects row never carries the undeclared columns' content: a line the parser could not
+read is reported by its number, the id found at the id column's position and the field
+counts, and such lines are spilled to a hidden file as they come (memory stays bounded).
+
+Paths are checked before anything is read: the input, the output and the rejects must be
+three different files (symlinks and hard links included), so a run can never overwrite
+its own input or lose rejects under the output. CSV outputs neutralise spreadsheet
+formulas (a text cell starting with =, +, -, @, a tab, a CR, ... gets a leading `'`);
+Parquet keeps the values as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import gc
+import itertools
 import json
 import logging
 import os
 import resource
 import secrets
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
@@ -67,6 +80,12 @@ FORMATS = (".csv", ".parquet")
 DEFAULT_CHUNK = 50_000
 EMPTY_ROW = "(row)"
 REJECT_FIELDS = ["row", "line", "column", "value", "reason", "other_problems"]
+MALFORMED = "malformed CSV line (wrong number of fields)"
+SPILL_ROWS = 16_384  # malformed lines held in memory before they are spilled to disk
+# a spreadsheet reads a cell starting with one of these as a formula (OWASP's list, with
+# the NUL of ASVS and the full-width forms some spreadsheets also accept)
+FORMULA_START = r"^[=+\-@\t\r\x00\x{ff1d}\x{ff0b}\x{ff0d}\x{ff20}]"  # RE2 syntax
+PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # read as a number, never run
 
 
 class ScoringError(Exception):
@@ -352,30 +371,62 @@ def score_frame(
     return ScoredChunk(out, rejects, checked.reasons, np.asarray(rows)[checked.good])
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- paths
 
 
-class _Counting:
-    """A binary file that counts the bytes read (CSV progress)."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh = fh
-        self.read_bytes = 0
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.read_bytes += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal once resolved (symlinks followed, `..`
+    removed), or, when both exist, the same device and inode (hard links, bind mounts)."""
+    with contextlib.suppress(OSError, RuntimeError):  # a symlink loop: compare inodes
+        if a.resolve() == b.resolve():
+            return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
         return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
-    def close(self) -> None:
-        self.closed = True
+
+def check_paths(
+    input_path: Path, output_path: Path, rejects_path: Path, *, regular: bool = True
+) -> None:
+    """Refuse, before anything is read, a run whose input, output and rejects are not
+    three different files: writing one over another would replace the input or lose the
+    rejects while the counts still reconcile. With `regular`, an existing output or
+    rejects path must be a regular file (never a device, a FIFO or a directory)."""
+    roles = [
+        (f"input {input_path}", input_path),
+        (f"output (--out) {output_path}", output_path),
+        (f"rejects file (--rejects) {rejects_path}", rejects_path),
+    ]
+    for (first, a), (second, b) in itertools.combinations(roles, 2):
+        if same_file(a, b):
+            raise ScoringError(
+                f"{second} is the same file as {first}; refusing to run (nothing read or "
+                "written): give distinct paths"
+            )
+    for role, path in roles[1:]:
+        if regular:
+            with contextlib.suppress(OSError):
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    raise ScoringError(
+                        f"{role} exists and is not a regular file; refusing to replace it"
+                    )
+        else:  # a directory output is replaced whole: it must not hold the input
+            with contextlib.suppress(OSError, RuntimeError):
+                if input_path.resolve().is_relative_to(path.resolve()):
+                    raise ScoringError(f"{role} contains the {roles[0][0]}; refusing to replace it")
+
+
+def os_reason(exc: BaseException) -> str:
+    """An OS error's reason in words ('No space left on device'), else its message."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- files
 
 
 @dataclass
@@ -384,16 +435,132 @@ class _Source:
     total: int  # rows (Parquet) or bytes (CSV) for the progress bar
     unit: str
     done: Callable[[], int]
-    malformed: list[tuple[int | None, str]] = field(default_factory=list)
+    malformed: _MalformedLines | None = None
     expected_rows: int | None = None
 
 
-def _open_source(path: Path, columns: list[str], chunk: int, stack: ExitStack) -> _Source:
+class _MalformedLines:
+    """CSV lines the parser could not read (wrong number of fields), as rejects rows: the
+    line number, the id found at the id column's position (when the line has that many
+    fields) and the field counts - never the line itself, whose undeclared columns may
+    hold anything. They are spilled to a hidden Arrow file beside the rejects every
+    `SPILL_ROWS` lines and appended to the rejects at the end, so a file of bad lines
+    costs disk, not memory, and the rejects keep their order whatever the chunk size.
+
+    Called by the CSV parser (`invalid_row_handler`), it never raises into the parser: a
+    failure is kept in `error` for the reading loop to raise."""
+
+    def __init__(self, beside: Path, schema: pa.Schema, header: list[str], id_col: str) -> None:
+        self.path = beside.with_name(f".{beside.name}.{os.getpid()}.{secrets.token_hex(6)}.bad.tmp")
+        self.schema = schema
+        self.fields = len(header)
+        self.id_index = header.index(id_col)
+        self.count = 0
+        self.error: BaseException | None = None
+        self._held: list[tuple[int | None, str | None, int]] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def __call__(self, row: Any) -> str:
+        try:
+            self._held.append((row.number, self._id(row.text), row.actual_columns))
+            self.count += 1
+            if len(self._held) >= SPILL_ROWS:
+                self.spill()
+        except BaseException as exc:  # raised by the reading loop instead
+            self.error = self.error or exc
+        return "skip"
+
+    def _id(self, text: str) -> str | None:
+        """The id cell of a line that has one (stripped text), else None."""
+        try:
+            cells = next(csv.reader([text]), [])
+        except csv.Error:
+            return None
+        if len(cells) <= self.id_index:
+            return None
+        return cells[self.id_index].strip() or None
+
+    def _table(self) -> pa.Table:
+        held, n = self._held, len(self._held)
+        return pa.Table.from_arrays(
+            [
+                pa.nulls(n, pa.int64()),
+                pa.array([line for line, _, _ in held], pa.int64()),
+                pa.array([id_ for _, id_, _ in held], pa.string()),
+                pa.array([EMPTY_ROW] * n, pa.string()),
+                pa.nulls(n, pa.string()),
+                pa.array(
+                    [
+                        f"{MALFORMED[:-1]}: {fields} field(s), the header has {self.fields})"
+                        for _, _, fields in held
+                    ],
+                    pa.string(),
+                ),
+                pa.array([""] * n, pa.string()),
+            ],
+            schema=self.schema,
+        )
+
+    def spill(self) -> None:
+        if not self._held:
+            return
+        table = self._table()
+        self._held = []
+        try:
+            if self._writer is None:
+                self._writer = pa.ipc.new_stream(str(self.path), self.schema)
+            self._writer.write_table(table)
+        except OSError as exc:
+            raise ScoringError(
+                f"cannot write {self.path} (malformed lines, beside the rejects file): "
+                f"{os_reason(exc)}; nothing written"
+            ) from None
+
+    def check(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, ScoringError):
+                raise self.error
+            raise ScoringError(f"recording malformed CSV lines failed: {self.error}")
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The rejects rows of every malformed line, in file order, a spill at a time."""
+        self.check()
+        if self._writer is None:
+            if self._held:
+                yield self._table()
+            return
+        self.spill()
+        self._writer.close()
+        self._writer = None
+        with pa.OSFile(str(self.path)) as fh:
+            for batch in pa.ipc.open_stream(fh):
+                yield pa.Table.from_batches([batch])
+
+    def remove(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self.path.unlink(missing_ok=True)
+
+
+def _open_source(
+    path: Path,
+    pipeline: Pipeline,
+    chunk: int,
+    stack: ExitStack,
+    beside: Path,
+) -> _Source:
+    """The input's batches (only the required columns), after checking that they are all
+    there. `beside`: where a CSV's malformed lines are spilled (the rejects path)."""
+    columns = required_columns(pipeline)
     fmt = path.suffix.lower()
     if fmt not in FORMATS:
         raise ScoringError(f"{path}: unsupported extension {fmt!r}; use .csv or .parquet")
     if not path.exists():
         raise ScoringError(f"input file not found: {path}")
+    if not path.is_file():
+        raise ScoringError(f"input {path} is not a regular file")
     try:
         if fmt == ".parquet":
             pf = stack.enter_context(pq.ParquetFile(path))
@@ -416,18 +583,15 @@ def _open_source(path: Path, columns: list[str], chunk: int, stack: ExitStack) -
         dupes = sorted({c for c in header if header.count(c) > 1})
         if dupes:
             raise ScoringError(f"{path}: repeated column name(s) {dupes}")
-        counting = _Counting(stack.enter_context(path.open("rb")))
-        malformed: list[tuple[int | None, str]] = []
-
-        def bad_row(row: Any) -> str:
-            malformed.append((row.number, row.text))
-            return "skip"
-
+        malformed = _MalformedLines(beside, rejects_schema(pipeline), header, pipeline.cohort.id)
+        stack.callback(malformed.remove)
+        # a native file: the reader's I/O threads never need the interpreter (see _finished)
+        stream = stack.enter_context(pa.OSFile(str(path)))
         reader = pcsv.open_csv(
-            counting,
+            stream,
             read_options=pcsv.ReadOptions(block_size=8 << 20, use_threads=False),
             parse_options=pcsv.ParseOptions(
-                ignore_empty_lines=False, newlines_in_values=True, invalid_row_handler=bad_row
+                ignore_empty_lines=False, newlines_in_values=True, invalid_row_handler=malformed
             ),
             convert_options=pcsv.ConvertOptions(
                 column_types={c: pa.string() for c in header},
@@ -436,23 +600,53 @@ def _open_source(path: Path, columns: list[str], chunk: int, stack: ExitStack) -
                 strings_can_be_null=True,
             ),
         )
-        return _Source(
-            iter(reader), path.stat().st_size, "bytes", lambda: counting.read_bytes, malformed
-        )
+        stack.callback(_finished, reader)
+        size = path.stat().st_size
+        return _Source(_checked(reader, malformed), size, "bytes", stream.tell, malformed)
     except ScoringError:
         raise
-    except (OSError, pa.ArrowException) as exc:
-        raise ScoringError(f"{path}: cannot read as {fmt[1:]}: {exc}") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
+        raise ScoringError(f"{path}: cannot read as {fmt[1:]}: {os_reason(exc)}") from None
+
+
+def _checked(reader: Any, malformed: _MalformedLines) -> Iterator[pa.RecordBatch]:
+    for batch in reader:
+        malformed.check()
+        yield batch
+    malformed.check()
+
+
+def _finished(reader: Any) -> None:
+    """Close the CSV reader while the interpreter is fully alive: its parse options hold
+    the (Python) malformed-line handler, which must not be released by an Arrow thread
+    during interpreter shutdown."""
+    with contextlib.suppress(Exception):
+        reader.close()
 
 
 def _csv_header(path: Path) -> list[str]:
-    import csv
-
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        try:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             return next(csv.reader(fh))
+    except StopIteration:
+        raise ScoringError(f"{path}: empty file (no header)") from None
+    except UnicodeDecodeError:
+        raise ScoringError(f"{path}: the header is not UTF-8 text") from None
+
+
+def _read(source: _Source, path: Path) -> Iterator[pa.RecordBatch]:
+    """The source's batches; an error while reading names the input (one line)."""
+    batches = source.batches
+    while True:
+        try:
+            batch = next(batches)
         except StopIteration:
-            raise ScoringError(f"{path}: empty file (no header)") from None
+            return
+        except ScoringError:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise ScoringError(f"cannot read {path}: {os_reason(exc)}; nothing written") from None
+        yield batch
 
 
 def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
@@ -472,54 +666,94 @@ def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(buf)
 
 
+def neutralise_formulas(table: pa.Table) -> pa.Table:
+    """OWASP's defence against formula injection for a CSV a spreadsheet may open: a text
+    cell starting with =, +, -, @, a tab, a CR (or NUL, or a full-width = + - @) gets a
+    leading single quote, so a spreadsheet shows it as text instead of running it. Text
+    that is a plain number (`-1.5`, `+3e2`) is left alone (a spreadsheet reads it as a
+    number, never a formula); numeric columns are never touched."""
+    columns = []
+    for spec, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_string(spec.type) or pa.types.is_large_string(spec.type):
+            risky = pc.and_(
+                pc.match_substring_regex(column, FORMULA_START),
+                pc.invert(pc.match_substring_regex(column, PLAIN_NUMBER)),
+            )
+            if pc.any(risky).as_py():
+                quoted = pc.utf8_replace_slice(column, start=0, stop=0, replacement="'")
+                column = pc.if_else(risky, quoted, column)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
 class _Writer:
-    """Parquet or CSV, written to a hidden temporary file beside the target."""
+    """Parquet or CSV, written to a hidden temporary file beside the target. Every OS
+    error (a full disk, a read-only directory) becomes one `ScoringError` naming the
+    target and the reason."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.fmt = path.suffix.lower()
         if self.fmt not in FORMATS:
             raise ScoringError(f"{path}: unsupported extension {self.fmt!r}; use .csv or .parquet")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
         self.rows = 0
         self.schema = schema
         self._w: pq.ParquetWriter | pcsv.CSVWriter
-        if self.fmt == ".parquet":
-            self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-        else:
-            self._w = pcsv.CSVWriter(self.tmp, schema)
+        with self._failing("create"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.fmt == ".parquet":
+                self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            else:
+                self._w = pcsv.CSVWriter(self.tmp, schema)
+
+    @contextlib.contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise ScoringError(
+                f"cannot {what} {self.path}: {os_reason(exc)}; nothing written"
+            ) from None
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self._w.write_table(table)
+            if self.fmt == ".csv":
+                table = neutralise_formulas(table)
+            with self._failing("write"):
+                self._w.write_table(table)
             self.rows += table.num_rows
 
     def close(self) -> int:
         """Close; return the row count read back from the file."""
-        self._w.close()
-        if self.fmt == ".parquet":
-            return int(pq.ParquetFile(self.tmp).metadata.num_rows)
-        rows = 0
-        with open(self.tmp, "rb") as fh:
-            reader = pcsv.open_csv(
-                fh,
-                parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(
-                    column_types={f.name: pa.string() for f in self.schema}
-                ),
-            )
-            for batch in reader:
-                rows += batch.num_rows
-        return rows
+        with self._failing("write"):
+            self._w.close()
+        with self._failing("read back"):
+            if self.fmt == ".parquet":
+                return int(pq.ParquetFile(self.tmp).metadata.num_rows)
+            rows = 0
+            with pa.OSFile(str(self.tmp)) as fh:
+                reader = pcsv.open_csv(
+                    fh,
+                    read_options=pcsv.ReadOptions(use_threads=False),
+                    parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types={f.name: pa.string() for f in self.schema}
+                    ),
+                )
+                for batch in reader:
+                    rows += batch.num_rows
+            return rows
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):  # closed or broken: removing it is what matters
             self._w.close()
-        self.tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
     def commit(self) -> None:
-        os.replace(self.tmp, self.path)
+        with self._failing("replace"):
+            os.replace(self.tmp, self.path)
 
 
 def default_rejects_path(output: Path) -> Path:
@@ -582,15 +816,15 @@ def score_file(
             raise ScoringError(
                 f"{path}: unsupported extension {path.suffix!r}; use .csv or .parquet"
             )
+    check_paths(source_path, out_path, rej_path)
     pipeline = model.pipeline
-    columns = required_columns(pipeline)
     previous_threads = fast_trees.threads()
     fast_trees.set_threads(threads or os.cpu_count() or 1)
     gc.freeze()  # the model's objects never need collecting; keeps GC passes short
     writers: list[_Writer] = []
     try:
         with ExitStack() as stack:
-            source = _open_source(source_path, columns, chunk_size, stack)
+            source = _open_source(source_path, pipeline, chunk_size, stack, rej_path)
             out = _Writer(out_path, output_schema(pipeline, explain))
             writers.append(out)
             rej = _Writer(rej_path, rejects_schema(pipeline))
@@ -599,7 +833,7 @@ def score_file(
             reasons: Counter[str] = Counter()
             rows_read = 0
             bar = _progress(source, progress, stack)
-            for chunk in _chunks(source.batches, chunk_size):
+            for chunk in _chunks(_read(source, source_path), chunk_size):
                 raw = chunk.to_pandas()
                 rows = np.arange(rows_read + 1, rows_read + chunk.num_rows + 1)
                 rows_read += chunk.num_rows
@@ -618,10 +852,14 @@ def score_file(
                 bar(rows_read, source.done())
                 if on_chunk is not None:
                     on_chunk(rows_read)
-            if source.malformed:
-                rej.write(_malformed_table(source.malformed, pipeline))
-                reasons["(row): malformed CSV line"] += len(source.malformed)
-            rows_in = rows_read + len(source.malformed)
+            malformed = 0
+            if source.malformed is not None:
+                for table in source.malformed.tables():
+                    rej.write(table)
+                malformed = source.malformed.count
+            if malformed:
+                reasons[f"{EMPTY_ROW}: {MALFORMED}"] += malformed
+            rows_in = rows_read + malformed
             scored, rejected_rows = out.close(), rej.close()
             if source.expected_rows is not None and source.expected_rows != rows_in:
                 raise ScoringError(
@@ -667,21 +905,6 @@ def score_file(
         model_version,
     )
     return summary
-
-
-def _malformed_table(malformed: list[tuple[int | None, str]], pipeline: Pipeline) -> pa.Table:
-    frame = pd.DataFrame(
-        {
-            "row": pd.array([None] * len(malformed), dtype="Int64"),
-            "line": pd.array([n for n, _ in malformed], dtype="Int64"),
-            pipeline.cohort.id: [None] * len(malformed),
-            "column": [EMPTY_ROW] * len(malformed),
-            "value": [text for _, text in malformed],
-            "reason": ["malformed CSV line (wrong number of fields)"] * len(malformed),
-            "other_problems": [""] * len(malformed),
-        }
-    )
-    return pa.Table.from_pandas(frame, schema=rejects_schema(pipeline), preserve_index=False)
 
 
 def _progress(source: _Source, show: bool, stack: ExitStack) -> Callable[[int, int], None]:

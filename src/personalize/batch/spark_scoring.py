@@ -36,6 +36,7 @@ from personalize.batch.scoring import (
     ResolvedModel,
     ScoreSummary,
     ScoringError,
+    check_paths,
     default_rejects_path,
     output_schema,
     peak_rss_mib,
@@ -242,6 +243,8 @@ def score_spark(
     pipeline = model.pipeline
     src, out_uri = _uri(input_path), _uri(output_path)
     rej_uri = _uri(rejects_path or default_rejects_path(Path(str(output_path))))
+    if not any("://" in str(p) for p in (input_path, output_path, rej_uri)):
+        check_paths(Path(src), Path(out_uri), Path(rej_uri), regular=False)
     if not src.rstrip("/").endswith(".parquet") and not Path(src).is_dir():
         raise ScoringError(f"{input_path}: the Spark engine reads Parquet (a file or directory)")
     columns = required_columns(pipeline)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import jwt
 import yaml
@@ -73,12 +74,42 @@ def _base(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+class FileKeySet:
+    """A JWK Set in a local file (`file://`; PyJWKClient fetches over HTTP(S) only), read
+    again when a `kid` is not in it or the cached copy is older than `lifespan`."""
+
+    def __init__(self, url: str, lifespan: float = JWKS_CACHE_SECONDS) -> None:
+        self.path = Path(urlparse(url).path)
+        self.lifespan = lifespan
+        self._keys: jwt.PyJWKSet | None = None
+        self._read_at = 0.0
+
+    def _read(self) -> jwt.PyJWKSet:
+        try:
+            keys = jwt.PyJWKSet.from_json(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, jwt.PyJWKSetError) as exc:
+            raise jwt.PyJWKClientConnectionError(f"cannot read the JWK Set: {exc}") from None
+        self._keys, self._read_at = keys, time.monotonic()
+        return keys
+
+    def get_signing_key(self, kid: str) -> jwt.PyJWK:
+        keys = self._keys
+        if keys is None or time.monotonic() - self._read_at > self.lifespan:
+            keys = self._read()
+        found = next((k for k in keys.keys if k.key_id == kid), None)
+        if found is None:  # a key added since the last read
+            found = next((k for k in self._read().keys if k.key_id == kid), None)
+        if found is None:
+            raise jwt.PyJWKClientError(f"no key with kid {kid!r}")
+        return found
+
+
 class TrustedClients:
     """The registered clients and a cached key set per client."""
 
     def __init__(self, clients: Sequence[CdsClient]) -> None:
         self.clients = {c.iss: c for c in clients}
-        self._keys: dict[str, jwt.PyJWKClient] = {}
+        self._keys: dict[str, jwt.PyJWKClient | FileKeySet] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -116,9 +147,11 @@ class TrustedClients:
             clients.append(CdsClient(iss, jwks_url, tuple(servers)))
         return cls(clients)
 
-    def _key_set(self, client: CdsClient) -> jwt.PyJWKClient:
+    def _key_set(self, client: CdsClient) -> jwt.PyJWKClient | FileKeySet:
         with self._lock:
             keys = self._keys.get(client.iss)
+            if keys is None and client.jwks_url.startswith("file://"):
+                keys = self._keys[client.iss] = FileKeySet(client.jwks_url)
             if keys is None:
                 keys = jwt.PyJWKClient(
                     client.jwks_url,
@@ -179,6 +212,8 @@ class TrustedClients:
             raise ClientRejected(f"'aud' must be {wanted}") from None
         except jwt.ExpiredSignatureError:
             raise ClientRejected("the JWT has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise ClientRejected("'iat' is in the future") from None
         except jwt.MissingRequiredClaimError as exc:
             raise ClientRejected(f"the JWT has no {exc.claim!r} claim") from None
         except jwt.PyJWTError as exc:

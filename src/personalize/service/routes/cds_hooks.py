@@ -40,7 +40,9 @@ CALLER_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _known_service(service_id: str, configured: str) -> None:
     if service_id != configured:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no CDS service {service_id!r}")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"no CDS service {cds_hooks.echo(service_id)}"
+        )
 
 
 def model_card_url(request: Request, public_url: str | None, service_id: str) -> str:
@@ -147,7 +149,7 @@ async def feedback(
     if unknown:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail=f"no card {unknown[0][:64]!r} from this service"
+            detail=f"no card {cds_hooks.echo(unknown[0])} from this service"
             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
         )
     entries = [

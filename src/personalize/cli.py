@@ -132,13 +132,29 @@ def train(
     ] = False,
 ) -> None:
     """Train, evaluate out of fold, explain, and register a model version as `candidate`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from personalize import registry, training
-    from personalize.data.validate import CohortError
 
     spec, frame = _load(pipeline, cohort)
     total = training.progress_steps(spec)
+    uri = tracking_uri or registry.default_tracking_uri()
+    name = spec.registry.model_name
+
+    def waiting() -> None:
+        err.print(f"another training of {name} holds this registry; waiting", highlight=False)
+
+    # held until the report is printed: the version shown as candidate is the candidate
+    with registry.training_lock(uri, name, on_wait=waiting):
+        _train(spec, frame, uri, total, cohort, as_json)
+
+
+def _train(
+    spec: Pipeline, frame: pd.DataFrame, uri: str, total: int, cohort: Path | None, as_json: bool
+) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from personalize import registry
+    from personalize.data.validate import CohortError
+
     with Progress(
         TextColumn("{task.description:<24}"),
         BarColumn(),
@@ -153,7 +169,7 @@ def train(
             progress.update(task, advance=1, description=name)
 
         try:
-            reg = registry.train(spec, frame, tracking_uri, step=step)
+            reg = registry.train(spec, frame, uri, step=step)
         except CohortError as exc:
             progress.stop()
             _render_report(exc.report, cohort or Path(spec.cohort.path or ""))

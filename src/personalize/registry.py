@@ -6,21 +6,31 @@ references, and `resolve` the one place that asks the registry which version (an
 reference points at; the service and the batch scorer both go through them.
 
 A run that fails (invalid cohort, exception mid-way) is marked FAILED and registers nothing:
-registration is the last step, after every artifact has been written.
+registration is the last step, after every artifact has been written, and a version is
+created with all its tags (gate metrics included) in one step. Trainings of one registered
+model on one registry take turns (`training_lock`), so the version a training reports as
+`candidate` is the candidate. A training killed outright (kill -9, a lost machine) cannot
+end its own run: each run records its process (host, pid, process start), and the next
+training marks such runs KILLED and any version registered without its gate metrics
+incomplete (never left as `candidate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import io
 import json
 import logging
 import os
 import platform
 import re
+import socket
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +54,13 @@ from personalize.model import OUTPUT_COLUMNS, PersonalizeModel
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 MODEL_FILE = "personalize_model.joblib"
+# run tags naming the process that trains (to tell a dead run from a live one)
+RUN_MODEL = "personalize.model_name"
+RUN_HOST = "personalize.host"
+RUN_PID = "personalize.pid"
+RUN_PROCESS = "personalize.process"  # boot id and start time: a reused pid is another process
+RUN_ENDED = "personalize.ended"
+INCOMPLETE = "personalize.incomplete"  # a version tag: registered without its gate metrics
 PACKAGES = [
     "personalize",
     "lightgbm",
@@ -165,25 +182,228 @@ class Registered:
     summary: dict[str, Any]
 
 
+# --------------------------------------------------------------------------- one training at a time
+
+_held: dict[str, tuple[int, bool]] = {}  # lock key -> (depth in this process, global)
+_held_guard = threading.Lock()
+
+
+def _lock_key(model_name: str) -> str:
+    return hashlib.sha256(model_name.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def training_lock(
+    tracking_uri: str, model_name: str, on_wait: Callable[[], None] | None = None
+) -> Iterator[bool]:
+    """Hold the lock that trainings of `model_name` on this registry take in turn (the
+    same process may enter it again: the CLI holds it around `train` and its report).
+    `on_wait` is called once if another training holds it. Yields whether the lock is
+    shared by every process that writes the registry (an SQLite file's lock file beside
+    it, a PostgreSQL advisory lock) or only by this machine's (any other store)."""
+    key = f"{tracking_uri}\0{model_name}"
+    with _held_guard:
+        depth, shared = _held.get(key, (0, False))
+        if depth:
+            _held[key] = (depth + 1, shared)
+    if depth:
+        try:
+            yield shared
+        finally:
+            with _held_guard:
+                d, g = _held[key]
+                _held[key] = (d - 1, g)
+        return
+    with _acquire(tracking_uri, model_name, on_wait) as shared:
+        with _held_guard:
+            _held[key] = (1, shared)
+        try:
+            yield shared
+        finally:
+            with _held_guard:
+                del _held[key]
+
+
+@contextlib.contextmanager
+def _acquire(uri: str, model_name: str, on_wait: Callable[[], None] | None) -> Iterator[bool]:
+    if uri.startswith(("postgresql:", "postgresql+")):
+        with _advisory_lock(uri, model_name, on_wait):
+            yield True
+        return
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        path, shared = db.with_name(f".{db.name}.{_lock_key(model_name)}.train.lock"), True
+    else:  # a tracking server: this machine's trainings take turns, not every machine's
+        where = Path(tempfile.gettempdir()) / "personalize-train-locks"
+        where.mkdir(exist_ok=True)
+        path = where / f"{_lock_key(uri + chr(0) + model_name)}.lock"
+        shared = False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield shared
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _advisory_lock(uri: str, model_name: str, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    """A session-level PostgreSQL advisory lock on the tracking database (released when
+    the connection ends, so a killed training never leaves it held)."""
+    import sqlalchemy
+
+    key = int.from_bytes(
+        hashlib.sha256(f"personalize-train:{model_name}".encode()).digest()[:8], "big", signed=True
+    )
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+            if not got.scalar():
+                if on_wait is not None:
+                    on_wait()
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def _process_identity(pid: int) -> str | None:
+    """'boot id:start time' of a live process (Linux), '' where /proc cannot tell, None
+    when there is no such process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # another user's live process
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
+    except (OSError, IndexError):
+        return ""
+    return f"{boot}:{start}"
+
+
+def _process_tags(model_name: str) -> dict[str, str]:
+    return {
+        RUN_MODEL: model_name,
+        RUN_HOST: socket.gethostname(),
+        RUN_PID: str(os.getpid()),
+        RUN_PROCESS: _process_identity(os.getpid()) or "",
+    }
+
+
+def _gone(tags: dict[str, str], shared_lock: bool) -> bool:
+    """Whether the process that started a RUNNING run is gone. Called with the training
+    lock held: when every process takes that lock, no other training of the model is
+    running, wherever it started; otherwise only this machine's processes can be told."""
+    if tags.get(RUN_HOST) != socket.gethostname():
+        return shared_lock
+    try:
+        pid = int(tags[RUN_PID])
+    except (KeyError, ValueError):
+        return shared_lock
+    identity = _process_identity(pid)
+    if identity is None:
+        return True
+    recorded = tags.get(RUN_PROCESS, "")
+    return bool(recorded and identity and recorded != identity)  # the pid was reused
+
+
+def close_orphans(
+    client: MlflowClient, experiment: str, model_name: str, shared_lock: bool
+) -> tuple[list[str], list[str]]:
+    """Tidy what killed trainings of `model_name` left (call with the training lock
+    held): RUNNING runs whose process is gone are ended KILLED, versions registered
+    without gate metrics are tagged incomplete and lose the `candidate` alias. Returns
+    the runs and versions marked."""
+    runs = []
+    for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get(RUN_MODEL) != model_name or not _gone(tags, shared_lock):
+            continue
+        client.set_tag(
+            run.info.run_id, RUN_ENDED, "its process was gone; marked by a later training"
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        runs.append(run.info.run_id)
+    versions = []
+    registered: list[ModelVersion] = []
+    with contextlib.suppress(MlflowException):  # no such model yet
+        registered = list(client.search_model_versions(f"name = '{model_name}'"))
+    candidate = None
+    with contextlib.suppress(MlflowException):
+        candidate = str(client.get_model_version_by_alias(model_name, CANDIDATE).version)
+    for mv in registered:
+        if INCOMPLETE in mv.tags or any(k.startswith("gate.") for k in mv.tags):
+            continue
+        client.set_model_version_tag(
+            model_name,
+            mv.version,
+            INCOMPLETE,
+            "registered without its gate metrics (its training was interrupted); never promoted",
+        )
+        if candidate == str(mv.version):
+            client.delete_registered_model_alias(model_name, CANDIDATE)
+        versions.append(str(mv.version))
+    return runs, versions
+
+
 def train(
     pipeline: Pipeline,
     frame: pd.DataFrame,
     tracking_uri: str | None = None,
     step: Callable[[str], None] | None = None,
 ) -> Registered:
-    """Validate, train, log everything, register a version with alias `candidate`."""
-    from personalize import report, training
-
+    """Validate, train, log everything, register a version with alias `candidate`; one
+    training of a model at a time per registry (`training_lock`)."""
     quiet_mlflow()
     uri = tracking_uri or default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp = experiment_id(client, pipeline, uri)
+    name = pipeline.registry.model_name
+    with training_lock(uri, name) as shared_lock:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        exp = experiment_id(client, pipeline, uri)
+        runs, versions = close_orphans(client, exp, name, shared_lock)
+        if runs or versions:
+            log.warning(
+                "ended %d run(s) of dead trainings as KILLED; marked %d version(s) without "
+                "gate metrics incomplete",
+                len(runs),
+                len(versions),
+            )
+        return _train(pipeline, frame, client, exp, step)
+
+
+log = logging.getLogger("personalize.registry")
+
+
+def _train(
+    pipeline: Pipeline,
+    frame: pd.DataFrame,
+    client: MlflowClient,
+    exp: str,
+    step: Callable[[str], None] | None,
+) -> Registered:
+    from personalize import report, training
+
     tags = {
         "pipeline": pipeline.name,
         "synthetic": str(pipeline.synthetic).lower(),
         "missing": pipeline.outcome.missing,
         "outcome_kind": pipeline.outcome.kind,
+        **_process_tags(pipeline.registry.model_name),
     }
     if pipeline.outcome.missing == "complete_case":
         tags["complete_case"] = "true"
@@ -237,19 +457,16 @@ def train(
                 ],
             )
         summary = result.summary()
+        version_tags = {
+            "synthetic": str(pipeline.synthetic).lower(),
+            "learner": result.chosen,
+            "run_id": run.info.run_id,
+            **{key: str(value) for key, value in _gate_metrics(result).items()},
+        }
         with contextlib.redirect_stderr(io.StringIO()):  # "Created version ..." chatter
-            mv = mlflow.register_model(
-                info.model_uri,
-                name,
-                tags={
-                    "synthetic": str(pipeline.synthetic).lower(),
-                    "learner": result.chosen,
-                    "run_id": run.info.run_id,
-                },
-            )
+            # the version row and all its tags, gate metrics included, in one step
+            mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
         client.set_registered_model_alias(name, CANDIDATE, mv.version)
-        for key, value in _gate_metrics(result).items():
-            client.set_model_version_tag(name, mv.version, key, str(value))
         version = str(mv.version)
         mlflow.log_dict(
             report.model_card_dict(
@@ -366,9 +583,13 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
     except MlflowException:
         raise GateError(f"no model version {name}/{version} in the registry") from None
     version = str(mv.version)
-    run = client.get_run(mv.run_id) if mv.run_id else None
-    pipe = (
-        Pipeline.model_validate(
+    if INCOMPLETE in mv.tags:
+        raise GateError(f"{name}/{version} is incomplete: {mv.tags[INCOMPLETE]}; retrain it")
+    if not mv.run_id:
+        raise GateError(f"{name}/{version} has no training run to check gates against")
+    try:
+        client.get_run(mv.run_id)
+        pipe = Pipeline.model_validate(
             json.loads(
                 Path(
                     mlflow.artifacts.download_artifacts(
@@ -379,11 +600,11 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
                 ).read_text()
             )
         )
-        if run
-        else None
-    )
-    if pipe is None:
-        raise GateError(f"{name}/{version} has no training run to check gates against")
+    except (MlflowException, OSError, ValueError):
+        raise GateError(
+            f"{name}/{version}: its training run has no readable pipeline.json to check gates "
+            "against"
+        ) from None
     lo, hi = pipe.gates.calibration_slope
     failed: list[str] = []
     checked: list[str] = []

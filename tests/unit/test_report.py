@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -10,11 +11,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from personalize import report, training
 from personalize.config import Pipeline, load_pipeline
 from personalize.data.simulate import simulate
+from personalize.learners import ARM_DRIVER
+from personalize.report.labels import feature_label
+
+# the module, not the `figures` function the package exports under the same name
+figures_module = importlib.import_module("personalize.report.figures")
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "report"
@@ -86,24 +93,43 @@ def synthetic_notes(fig: Any) -> list[str]:
 # --------------------------------------------------------------------------- figures
 
 
+def top_drivers(result: training.TrainResult) -> list[str]:
+    """The features with the largest mean |driver of the benefit|, the arm term aside."""
+    ranked = [name for name in result.importance if name != ARM_DRIVER]
+    return ranked[: figures_module.DEPENDENCE_PLOTS]
+
+
 def test_every_figure_renders_to_a_png(result: training.TrainResult) -> None:
     figs = report.figures(result)
-    assert list(figs) == list(report.FIGURE_NAMES)
+    dependence = [f"shap_dependence_{name}.png" for name in top_drivers(result)]
+    assert "shap_beeswarm.png" in report.FIGURE_NAMES
+    assert list(figs) == [*report.FIGURE_NAMES, *dependence]
+    assert len(dependence) == 4
     # one set kept for a human to look at (git-ignored)
     paths = report.save_figures(figs, ARTIFACTS / "binary")
-    assert [p.name for p in paths] == list(report.FIGURE_NAMES)
+    assert [p.name for p in paths] == list(figs)
     for path in paths:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", path
         assert len(data) > 20_000, f"{path.name} is suspiciously small ({len(data)} bytes)"
 
 
-def test_figures_leave_pyplot_alone(result: training.TrainResult) -> None:
+def test_figures_leave_pyplot_and_numpys_generator_alone(result: training.TrainResult) -> None:
+    """SHAP's scatter plot selects its axes through pyplot and shuffles with numpy's global
+    generator: neither may change for the caller."""
     import matplotlib.pyplot as plt
 
-    before = plt.get_fignums()
-    report.figures(result)
-    assert plt.get_fignums() == before
+    plt.figure()  # a figure of the caller's, current before and after
+    try:
+        before = plt.get_fignums()
+        np.random.seed(5)
+        expected = np.random.random(3)
+        np.random.seed(5)
+        report.figures(result)
+        assert plt.get_fignums() == before
+        np.testing.assert_array_equal(np.random.random(3), expected)
+    finally:
+        plt.close("all")
 
 
 def test_every_figure_says_synthetic(result: training.TrainResult) -> None:
@@ -119,10 +145,16 @@ def test_real_data_figures_carry_no_synthetic_note(result: training.TrainResult)
 def test_figures_label_axes_with_units_and_arms(result: training.TrainResult) -> None:
     figs = report.figures(result)
     for name, fig in figs.items():
-        for ax in fig.axes:
+        # SHAP's plots add a colour bar or a histogram's twin axes to their one plot
+        for ax in fig.axes[:1] if name.startswith("shap_") else fig.axes:
             assert ax.get_xlabel(), name
-            # bar charts of features / learners label their categories on the y axis
-            assert ax.get_ylabel() or name in ("moderators.png", "candidates.png"), name
+            # bar charts of features / learners and the beeswarm label their categories
+            # on the y axis
+            assert ax.get_ylabel() or name in (
+                "moderators.png",
+                "candidates.png",
+                "shap_beeswarm.png",
+            ), name
     dist = figs["benefit_distribution.png"].axes[0]
     assert "percentage points" in dist.get_xlabel()
     assert "MBT" in dist.get_xlabel() and "CBT" in dist.get_xlabel()
@@ -132,6 +164,87 @@ def test_figures_label_axes_with_units_and_arms(result: training.TrainResult) ->
     reliability = figs["reliability.png"].axes
     assert [ax.get_title().split(" ")[0] for ax in reliability] == ["MBT", "CBT"]
     assert all("Brier" in ax.get_title() for ax in reliability)
+
+
+def scatter_offsets(ax: Any) -> list[np.ndarray]:
+    """The (x, y) positions of each scatter collection's dots, largest collection first."""
+    found = [np.asarray(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
+    return sorted(found, key=len, reverse=True)
+
+
+def test_beeswarm_shows_every_patients_drivers_in_percentage_points(
+    result: training.TrainResult,
+) -> None:
+    fig = report.figures(result)["shap_beeswarm.png"]
+    ax = fig.axes[0]
+    explanation = result.model.explain(result.cohort.X)
+    names = list(explanation.feature_names)
+    pipeline = result.model.pipeline
+    # the rows are the features by their labels, the strongest driver on top
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    top = next(iter(result.importance))  # the arm term too, where it is the strongest
+    assert rows[-1] == feature_label(pipeline, top)
+    assert rows[0].startswith("Sum of") and rows[0].endswith("other features")
+    # the top row's dots are the explanation's values of that feature, in percentage points
+    dots = [o for o in scatter_offsets(ax) if len(o) == len(result.cohort)]
+    expected = np.sort(explanation.values[:, names.index(top)] * 100)
+    assert any(np.allclose(np.sort(o[:, 0]), expected, rtol=0, atol=1e-9) for o in dots), (
+        "no row of dots holds the top driver's contributions"
+    )
+    assert "percentage points" in ax.get_xlabel()
+    assert "favours MBT" in ax.get_xlabel() and "favours CBT" in ax.get_xlabel()
+    base = float(np.mean(explanation.base_values)) * 100
+    assert f"average benefit ({base:+.2f} pp)" in ax.get_title()
+    assert f"all {len(result.cohort)} training patients" in ax.get_title()
+
+
+def test_dependence_plots_show_each_top_drivers_contribution_against_its_value(
+    result: training.TrainResult,
+) -> None:
+    figs = report.figures(result)
+    explanation = result.model.explain(result.cohort.X)
+    names = list(explanation.feature_names)
+    pipeline = result.model.pipeline
+    for name in top_drivers(result):
+        ax = figs[f"shap_dependence_{name}.png"].axes[0]
+        label = feature_label(pipeline, name)
+        assert ax.get_xlabel().startswith(f"{label}: the patient's value")
+        assert "percentage points" in ax.get_ylabel() and "favours MBT" in ax.get_ylabel()
+        j = names.index(name)
+        given = ~np.isnan(explanation.data[:, j])
+        dots = scatter_offsets(ax)[0]
+        # y: each patient's contribution (pp); x: their value (jittered for categoricals)
+        np.testing.assert_allclose(
+            np.sort(dots[:, 1]), np.sort(explanation.values[given, j] * 100), rtol=0, atol=1e-9
+        )
+        spec = pipeline.features[name]
+        if hasattr(spec, "levels"):
+            assert [t.get_text() for t in ax.get_xticklabels()] == [str(v) for v in spec.levels]
+        else:  # SHAP jitters values that repeat, by at most half the gap between them
+            values = np.sort(explanation.data[given, j])
+            gap = float(np.diff(np.unique(values)).min())
+            np.testing.assert_allclose(np.sort(dots[:, 0]), values, rtol=0, atol=gap / 2)
+
+
+def test_shap_figures_explain_a_sample_of_a_large_cohort(
+    result: training.TrainResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(figures_module, "SHAP_SAMPLE", 150)
+    figs = figures_module.shap_figures(result)
+    ax = figs["shap_beeswarm.png"].axes[0]
+    assert "a random sample of 150 of the 400 training patients" in ax.get_title()
+    assert max(len(o) for o in scatter_offsets(ax)) == 150
+    again = figures_module.shap_figures(result)["shap_beeswarm.png"].axes[0]
+    for a, b in zip(scatter_offsets(ax), scatter_offsets(again), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same sample, the same jitter, every run
+
+
+def test_continuous_shap_figures_are_in_points(continuous: training.TrainResult) -> None:
+    figs = report.figures(continuous)
+    for name, fig in figs.items():
+        if name.startswith("shap_"):
+            labels = fig.axes[0].get_xlabel() + fig.axes[0].get_ylabel()
+            assert "points" in labels and "percentage" not in labels, name
 
 
 # --------------------------------------------------------------------------- model card

@@ -1,18 +1,23 @@
 """The figures of a training run, each a matplotlib ``Figure`` keyed by the file name it is
 logged under (reliability, TOC/Qini, benefit distribution, calibration for benefit,
-moderators, candidate learners).
+moderators, candidate learners, and SHAP's beeswarm and dependence plots of the benefit's
+drivers).
 
 Pure functions of a :class:`~personalize.training.TrainResult`: figures are built as
-``Figure`` objects, never through pyplot, so nothing here touches matplotlib's global state
-and the caller decides where they go. Every figure says so in red when the pipeline's data
-are synthetic.
+``Figure`` objects, not through pyplot, so the caller decides where they go. SHAP's scatter
+plot selects its axes through pyplot and shuffles with numpy's global generator; it runs in
+`_shap_drawing`, which leaves both as they were. Every figure says so in red when the
+pipeline's data are synthetic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from personalize import __version__
+from personalize.config import CategoricalFeature
 from personalize.learners import ARM_DRIVER, learner_class
 from personalize.report.labels import (
     TOP_MODERATORS,
@@ -35,6 +41,8 @@ from personalize.report.labels import (
 from personalize.stats.calibration import reliability_bins
 
 if TYPE_CHECKING:
+    import shap
+
     from personalize.training import TrainResult
 
 __all__ = [
@@ -46,6 +54,8 @@ __all__ = [
     "moderators_figure",
     "reliability_figure",
     "save_figures",
+    "shap_beeswarm_figure",
+    "shap_dependence_figures",
     "toc_figure",
 ]
 
@@ -56,7 +66,8 @@ FIGURE_NAMES = (
     "benefit_calibration.png",
     "moderators.png",
     "candidates.png",
-)
+    "shap_beeswarm.png",
+)  # then one shap_dependence_<feature>.png per top driver (`DEPENDENCE_PLOTS`)
 SYNTHETIC_NOTE = "SYNTHETIC DATA: not for clinical use"
 
 TREATMENT_COLOR = "#1b7f6b"
@@ -64,6 +75,10 @@ CONTROL_COLOR = "#6a51a3"
 NEUTRAL_COLOR = "#4d4d4d"
 HIGHLIGHT_COLOR = "#d95f02"
 SYNTHETIC_COLOR = "#b00020"
+
+SHAP_SAMPLE = 2000  # training patients the SHAP figures explain (a seeded sample beyond)
+DEPENDENCE_PLOTS = 4  # dependence plots: the top drivers by mean |contribution|
+BEESWARM_FEATURES = 12
 
 
 def figures(result: TrainResult) -> dict[str, Figure]:
@@ -75,6 +90,17 @@ def figures(result: TrainResult) -> dict[str, Figure]:
         "benefit_calibration.png": benefit_calibration_figure(result),
         "moderators.png": moderators_figure(result),
         "candidates.png": candidates_figure(result),
+        **shap_figures(result),
+    }
+
+
+def shap_figures(result: TrainResult) -> dict[str, Figure]:
+    """SHAP's beeswarm of the benefit's drivers and a dependence plot for each of the top
+    drivers, from one explanation of the training cohort."""
+    explanation = _driver_explanation(result)
+    return {
+        "shap_beeswarm.png": shap_beeswarm_figure(result, explanation),
+        **shap_dependence_figures(result, explanation),
     }
 
 
@@ -525,6 +551,184 @@ def candidates_figure(result: TrainResult) -> Figure:
         fontsize=11,
     )
     return fig
+
+
+@dataclass(frozen=True)
+class _Drivers:
+    """The chosen model's SHAP explanation of training patients as the figures show it:
+    on the scale people read (percentage points for binary outcomes), features by their
+    labels; `names` are the pipeline's column names, `patients` how many were explained."""
+
+    explanation: shap.Explanation
+    names: list[str]
+    patients: int
+
+
+def _driver_explanation(result: TrainResult) -> _Drivers:
+    """`PersonalizeModel.explain` of the training cohort (of a seeded sample of SHAP_SAMPLE
+    patients from a larger one: the figures look the same and training stays fast).
+    Features that never contribute (a learner's arm term that is zero) are left out."""
+    import shap  # a second of import that only the figures need
+
+    pipeline = result.model.pipeline
+    X = result.cohort.X
+    if len(X) > SHAP_SAMPLE:
+        rng = np.random.default_rng(pipeline.training.seed)
+        X = X.iloc[np.sort(rng.choice(len(X), SHAP_SAMPLE, replace=False))]
+    raw = result.model.explain(X)
+    factor = OutcomeScale(result.model.binary).factor
+    values = np.asarray(raw.values)
+    keep = [j for j in range(values.shape[1]) if np.any(values[:, j] != 0)]
+    names = [str(raw.feature_names[j]) for j in keep]
+    explanation = shap.Explanation(
+        values=values[:, keep] * factor,
+        base_values=np.asarray(raw.base_values) * factor,
+        data=np.asarray(raw.data)[:, keep],
+        display_data=np.asarray(raw.display_data)[:, keep],
+        feature_names=[feature_label(pipeline, name) for name in names],
+    )
+    return _Drivers(explanation, names, len(X))
+
+
+@contextlib.contextmanager
+def _shap_drawing() -> Iterator[None]:
+    """Around a SHAP plot: numpy's global generator seeded (SHAP shuffles and jitters the
+    dots with it; the figure comes out the same every run) and restored after, and every
+    figure pyplot took up meanwhile (SHAP selects its axes with ``plt.sca``) let go."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+
+
+def _sample_note(result: TrainResult, drivers: _Drivers) -> str:
+    n = len(result.cohort)
+    if drivers.patients == n:
+        return f"all {n} training patients"
+    return f"a random sample of {drivers.patients} of the {n} training patients"
+
+
+def shap_beeswarm_figure(result: TrainResult, drivers: _Drivers | None = None) -> Figure:
+    """SHAP's beeswarm of the benefit's drivers: per feature (largest mean |contribution|
+    first) every training patient's contribution to the predicted benefit, coloured by the
+    patient's value."""
+    import shap
+
+    drivers = drivers or _driver_explanation(result)
+    explanation = drivers.explanation
+    pipeline = result.model.pipeline
+    scale = OutcomeScale(result.model.binary)
+    treatment, control = arm_labels(pipeline)
+    shown = min(BEESWARM_FEATURES, len(drivers.names))
+    fig = _figure(result, 10.5, 0.42 * shown + 3.4)
+    ax = fig.subplots()
+    with _shap_drawing():
+        shap.plots.beeswarm(
+            explanation,
+            max_display=shown,
+            ax=ax,
+            show=False,
+            plot_size=None,
+            color_bar_label="The patient's value",
+        )
+    for tick in ax.get_yticklabels():
+        tick.set_fontsize(10)
+    ax.set_xlabel(
+        f"Contribution to the predicted benefit ({scale.unit_long}; "
+        f"> 0 favours {treatment}, < 0 favours {control})",
+        fontsize=10,
+    )
+    base = float(np.mean(explanation.base_values))
+    note = (
+        f"Each dot is one patient ({_sample_note(result, drivers)}), coloured by their value "
+        "(grey: not given; categorical features by the order of their levels). A patient's "
+        f"predicted benefit is the average benefit ({base:+.2f} {scale.unit}) plus the "
+        "contributions of all their features."
+    )
+    ax.set_title(textwrap.fill(note, 125), fontsize=8.5, color=NEUTRAL_COLOR)
+    fig.suptitle(
+        f"What drives the predicted benefit of {treatment} over {control}, patient by "
+        f"patient (SHAP values; learner {result.chosen})",
+        fontsize=11,
+    )
+    return fig
+
+
+def shap_dependence_figures(
+    result: TrainResult, drivers: _Drivers | None = None
+) -> dict[str, Figure]:
+    """SHAP dependence plots of the top DEPENDENCE_PLOTS drivers by mean |contribution|,
+    keyed ``shap_dependence_<feature>.png``: each patient's contribution from the feature
+    against their value of it."""
+    drivers = drivers or _driver_explanation(result)
+    strength = np.abs(np.asarray(drivers.explanation.values)).mean(axis=0)
+    order = np.argsort(-strength, kind="stable")
+    top = [int(j) for j in order if drivers.names[j] != ARM_DRIVER][:DEPENDENCE_PLOTS]
+    return {
+        f"shap_dependence_{_file_part(drivers.names[j])}.png": _dependence_figure(
+            result, drivers, j, rank
+        )
+        for rank, j in enumerate(top, start=1)
+    }
+
+
+def _dependence_figure(result: TrainResult, drivers: _Drivers, j: int, rank: int) -> Figure:
+    import shap
+
+    pipeline = result.model.pipeline
+    scale = OutcomeScale(result.model.binary)
+    treatment, control = arm_labels(pipeline)
+    explanation = drivers.explanation
+    name = drivers.names[j]
+    label = feature_label(pipeline, name)
+    values = np.asarray(explanation.values)[:, j]
+    data = np.asarray(explanation.data)[:, j].astype(float)
+    column = shap.Explanation(  # numbers only: the level names are put on the axis below
+        values=values,
+        base_values=explanation.base_values,
+        data=data,
+        feature_names=label,
+    )
+    fig = _figure(result, 8.4, 5.8)
+    ax = fig.subplots()
+    with _shap_drawing():
+        shap.plots.scatter(column, color=TREATMENT_COLOR, ax=ax, show=False, alpha=0.7)
+    ax.axhline(0, color=NEUTRAL_COLOR, lw=0.8)
+    spec = pipeline.features.get(name)
+    if isinstance(spec, CategoricalFeature):
+        ax.set_xticks(range(len(spec.levels)), [str(v) for v in spec.levels], fontsize=9)
+    missing = int(np.isnan(data).sum())
+    given = "" if not missing else f" (ticks at the left edge: {missing} patients, not given)"
+    ax.set_xlabel(f"{label}: the patient's value{given}", fontsize=10)
+    ax.set_ylabel(
+        f"Contribution to the predicted benefit\n({scale.unit_long}; > 0 favours {treatment})",
+        fontsize=10,
+    )
+    note = (
+        f"Driver {rank} of {len(drivers.names)} by mean |contribution| "
+        f"({float(np.abs(values).mean()):.2f} {scale.unit}). Each dot is one patient "
+        f"({_sample_note(result, drivers)}); the grey bars show how many patients have "
+        "each value. Spread at one value comes from the patients' other features."
+    )
+    ax.set_title(textwrap.fill(note, 110), fontsize=8.5, color=NEUTRAL_COLOR)
+    fig.suptitle(
+        f"How {label} moves the predicted benefit of {treatment} over {control} "
+        f"(SHAP dependence; learner {result.chosen})",
+        fontsize=11,
+    )
+    return fig
+
+
+def _file_part(name: str) -> str:
+    """A feature's name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "feature"
 
 
 def _nan_last(value: float) -> float:

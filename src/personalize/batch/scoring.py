@@ -834,7 +834,7 @@ def score_file(
             rows_read = 0
             bar = _progress(source, progress, stack)
             for chunk in _chunks(_read(source, source_path), chunk_size):
-                raw = chunk.to_pandas()
+                raw = chunk.to_pandas(use_threads=False)  # no Arrow worker runs Python code
                 rows = np.arange(rows_read + 1, rows_read + chunk.num_rows + 1)
                 rows_read += chunk.num_rows
                 done = score_frame(

@@ -312,7 +312,7 @@ class PersonalizeModel:
             p0, p1 = self.arms(X, draws)
             benefit = p1 - p0
             lower, upper = self.benefit_interval(X, benefit, draws)
-            names, index, contribution = self._top_drivers(X, explain, (p0, p1))
+            names, index, contribution, base, rest = self._top_drivers(X, explain, (p0, p1))
             warnings = self.training_range.warnings(X)
         rec, why = self.rule.decide(benefit, lower, upper, preference)
         return Predictions(
@@ -330,6 +330,8 @@ class PersonalizeModel:
             driver_index=index,
             driver_contribution=contribution,
             warnings=warnings,
+            driver_base=base,
+            driver_rest=rest,
         )
 
     def render(self, pred: Predictions) -> pd.DataFrame:
@@ -351,12 +353,15 @@ class PersonalizeModel:
 
     def _top_drivers(
         self, X: pd.DataFrame, k: int, arms: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(names, index n x k, contribution n x k): each patient's k largest drivers by
-        |contribution|; index -1 (contribution 0) where a driver contributes nothing."""
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(names, index n x k, contribution n x k, base, rest): each patient's k largest
+        drivers by |contribution|, index -1 (contribution 0) where a driver contributes
+        nothing; the base value and the summed contributions of the other drivers, so that
+        base + contribution.sum(1) + rest == benefit (None when no driver is asked for)."""
         if k <= 0:
-            return [], np.zeros((len(X), 0), dtype=np.int64), np.zeros((len(X), 0))
-        names, _, phi = self.benefit_drivers(X, arms)
+            empty = np.zeros((len(X), 0))
+            return [], np.zeros((len(X), 0), dtype=np.int64), empty, None, None
+        names, base, phi = self.benefit_drivers(X, arms)
         order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
         contribution = np.take_along_axis(phi, order, axis=1)
         index = np.where(contribution == 0, -1, order)
@@ -364,7 +369,8 @@ class PersonalizeModel:
         keep = np.argsort(index < 0, axis=1, kind="stable")
         index = np.take_along_axis(index, keep, axis=1)
         contribution = np.where(index < 0, 0.0, np.take_along_axis(contribution, keep, axis=1))
-        return names, index, contribution
+        rest = phi.sum(axis=1) - contribution.sum(axis=1)
+        return names, index, contribution, np.broadcast_to(base, len(X)).astype(float), rest
 
     def _driver_dicts(
         self,
@@ -458,6 +464,9 @@ class Predictions:
     driver_index: np.ndarray  # n x k, into driver_names; -1: no driver
     driver_contribution: np.ndarray  # n x k, on the outcome scale; + favours treatment
     warnings: list[list[str]]
+    # base value and the other drivers' sum: base + contributions + rest == benefit
+    driver_base: np.ndarray | None = None
+    driver_rest: np.ndarray | None = None
 
     def answer(self) -> dict[str, np.ndarray]:
         """The per-patient answer columns every output starts with, in their order."""

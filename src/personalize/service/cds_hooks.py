@@ -267,7 +267,18 @@ def detail(rec: Recommendation, treatment: str, control: str, extraction: Extrac
         "",
     ]
     if rec.drivers:
-        lines += ["**Top drivers**", ""]
+        # the benefit built up from the average: base value, top drivers, the rest, benefit
+        parts = rec.benefit_parts
+        lines += [
+            "**Top drivers**"
+            + ("" if parts is None else ": from the average benefit to this patient's"),
+            "",
+        ]
+        if parts is not None:
+            lines.append(
+                f"- Average benefit (base value, before any of this patient's values): "
+                f"{_signed(parts.base_value, binary)}"
+            )
         for d in rec.drivers:
             value = (
                 "not given"
@@ -279,7 +290,19 @@ def detail(rec: Recommendation, treatment: str, control: str, extraction: Extrac
             lines.append(
                 f"- {d.label} = {value}: {d.direction} ({_signed(d.contribution, binary)})"
             )
-        lines.append("")
+        if parts is not None:
+            lines += [
+                f"- Other features, together: {_signed(parts.other_features, binary)}",
+                f"- **Benefit for this patient: {_signed(rec.benefit.estimate, binary)}** "
+                "(the lines above add up to it, up to rounding)",
+            ]
+        lines += [
+            "",
+            "A driver that is *not given* is a feature the record did not provide: its "
+            "contribution is how the model handles a missing value, not a value of this "
+            "patient.",
+            "",
+        ]
     if rec.warnings:
         lines += ["**Warnings**", ""] + [f"- {w}" for w in rec.warnings] + [""]
     if rec.missing_features:

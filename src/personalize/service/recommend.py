@@ -59,6 +59,8 @@ def score(loaded: LoadedModel, patients: Sequence[dict[str, Any]], explain: int)
             "rationale": str(pred.rationale[i]),
             "drivers": drivers,
             "warnings": warnings,
+            "base_value": None if pred.driver_base is None else float(pred.driver_base[i]),
+            "other_features": None if pred.driver_rest is None else float(pred.driver_rest[i]),
         }
         for i, (drivers, warnings) in enumerate(
             zip(model.driver_dicts(pred), pred.warnings, strict=True)

@@ -88,6 +88,20 @@ class Driver(BaseModel):
     direction: str = Field(description="in words, e.g. 'favours MBT'")
 
 
+class BenefitParts(BaseModel):
+    """The benefit estimate split into parts that add up to it (SHAP's decomposition):
+    ``base_value + sum(drivers[].contribution) + other_features == benefit.estimate``."""
+
+    base_value: float = Field(
+        description="the average benefit (SHAP base value): the benefit the model expects "
+        "before any of this patient's values is taken into account, on the benefit's scale"
+    )
+    other_features: float = Field(
+        description="the summed contributions of every feature not listed in `drivers`, on "
+        "the benefit's scale (positive favours the treatment)"
+    )
+
+
 class OutcomeInfo(BaseModel):
     kind: Literal["binary", "continuous"]
     definition: str
@@ -128,7 +142,16 @@ class Recommendation(BaseModel):
     arms: dict[str, ArmOutcome] = Field(description="per arm, keyed by the arm's label")
     benefit: Benefit
     outcome: OutcomeInfo
-    drivers: list[Driver] = Field(description="top drivers of the benefit, largest first")
+    drivers: list[Driver] = Field(
+        description="top drivers of the benefit, largest first. A driver whose value is null "
+        "is a feature that was not given: its contribution is how the model handles a "
+        "missing value, not a value of the patient"
+    )
+    benefit_parts: BenefitParts | None = Field(
+        default=None,
+        description="base value and other features: with `drivers`, the parts that add up to "
+        "`benefit.estimate` (null when the service is configured to explain nothing)"
+    )
     warnings: list[str] = Field(description="values outside the training data's range")
     missing_features: list[MissingFeature] = Field(
         description="fields not given; the model handles them as missing, not as a default"
@@ -609,6 +632,11 @@ def recommendation_from_row(
         ),
         outcome=outcome_info(model),
         drivers=[Driver.model_validate(d) for d in row["drivers"]],
+        benefit_parts=None
+        if row.get("base_value") is None
+        else BenefitParts(
+            base_value=finite(row["base_value"]), other_features=finite(row["other_features"])
+        ),
         warnings=[str(w) for w in row["warnings"]],
         missing_features=missing,
         model=block,

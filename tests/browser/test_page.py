@@ -3,7 +3,8 @@ Python (no browser download), against a real `personalize serve` on loopback ser
 session's trained STAMP champion (the demo cohort, tests/support/registry.py).
 
 Screenshots go to test-artifacts/page/ (git-ignored). PERSONALIZE_UPDATE_SCREENSHOT=1
-also copies the result screenshot to docs/img/clinician.png (the README's picture).
+also copies the result screenshot to docs/img/clinician.png (the README's picture) and the
+drivers' waterfall to docs/img/page-waterfall.png (docs/page.md's).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from support.servers import serve
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "page"
 DOCS_SCREENSHOT = ROOT / "docs" / "img" / "clinician.png"
+DOCS_WATERFALL = ROOT / "docs" / "img" / "page-waterfall.png"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -434,8 +436,115 @@ def test_fill_submit_and_read_the_recommendation(tab: Tab, service: Service) -> 
         shutil.copy(path, DOCS_SCREENSHOT)
 
     # changing a value marks the estimate as out of date
-    page.get_by_label("Age").fill("59")
+    # (the field by its role: a label search for "Age" also finds the waterfall's "Average")
+    page.get_by_role("spinbutton", name="Age").fill("59")
     assert page.locator("#stale-note").is_visible()
+
+
+def with_a_missing_driver(service: Service) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PATIENT without one of their values, chosen so that the value not given is among the
+    top drivers, and the API's answer for that patient."""
+    for name in PATIENT:
+        patient = {k: v for k, v in PATIENT.items() if k != name}
+        answer = service.api(
+            "/v1/recommendations", {"patient": dict([*patient.items(), PREFERENCE])}
+        )
+        if any(d["feature"] == name and d["value"] is None for d in answer["drivers"]):
+            return patient, answer
+    raise AssertionError("no value of PATIENT, left out, is among the top drivers")
+
+
+# CSP violations as the page sees them (a policy blocks inline styles and scripts)
+WATCH_POLICY_JS = """
+() => {
+  window.__violations = [];
+  document.addEventListener("securitypolicyviolation",
+    (e) => window.__violations.push(`${e.violatedDirective}: ${e.blockedURI}`));
+}
+"""
+
+
+@pytest.mark.slow
+def test_the_waterfall_builds_the_benefit_up_from_the_average(tab: Tab, service: Service) -> None:
+    page = tab.page
+    page.evaluate(WATCH_POLICY_JS)
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    patient, expected = with_a_missing_driver(service)
+    fill_patient(page, patient, PREFERENCE[1])
+    page.get_by_role("button", name="Estimate response").click()
+    result_ready(page)
+
+    # the API's numbers add up: base value + drivers + other features = benefit
+    parts = expected["benefit_parts"]
+    drivers = expected["drivers"]
+    estimate = expected["benefit"]["estimate"]
+    total = parts["base_value"] + sum(d["contribution"] for d in drivers)
+    assert abs(total + parts["other_features"] - estimate) <= 1e-9
+
+    chart = page.locator("#drivers-chart svg.waterfall")
+    assert chart.get_attribute("role") == "img"
+    bars = chart.locator("rect[data-part]")
+    assert bars.evaluate_all("rs => rs.map(r => r.dataset.part)") == [
+        "base",
+        *["driver"] * len(drivers),
+        "other",
+        "benefit",
+    ]
+    assert chart.locator("rect[data-feature]").evaluate_all(
+        "rs => rs.map(r => r.dataset.feature)"
+    ) == [d["feature"] for d in drivers]
+    values = [float(v) for v in bars.evaluate_all("rs => rs.map(r => r.dataset.value)")]
+    contributions = [d["contribution"] for d in drivers]
+    assert values == [parts["base_value"], *contributions, parts["other_features"], estimate]
+    # each step starts where the one before ended (a bar under 2 px is drawn 2 px wide)
+    boxes = bars.evaluate_all(
+        "rs => rs.map(r => [r.x.baseVal.value, r.x.baseVal.value + r.width.baseVal.value])"
+    )
+
+    def edges(box: list[float], value: float) -> tuple[float, float]:
+        return (box[0], box[1]) if value >= 0 else (box[1], box[0])
+
+    zero, carried = edges(boxes[0], values[0])
+    for box, value in zip(boxes[1:-1], values[1:-1], strict=True):
+        start, end = edges(box, value)
+        assert abs(start - carried) < 2.5
+        carried = end
+    start, end = edges(boxes[-1], values[-1])
+    assert abs(start - zero) < 0.5 and abs(end - carried) < 2.5
+    # the rows say what they are, with the numbers
+    texts = chart.locator("text").evaluate_all("ts => ts.map(t => t.textContent)")
+    for label in ("Average benefit (base value)", "Other features, together"):
+        assert label in texts
+    assert "Benefit for this patient" in texts
+    pp = [f"{v * 100:+.1f} pp".replace("-", "\u2212") for v in values]
+    for number in pp:
+        assert number.replace("+0.0", "0.0").replace("\u22120.0", "0.0") in texts
+    # the driver of a value not given is marked, and the page says what it means
+    missing = next(d for d in drivers if d["value"] is None)
+    bar = chart.locator(f'rect[data-feature="{missing["feature"]}"]')
+    assert bar.get_attribute("data-missing") == "true"
+    assert any(t.endswith(": not given") for t in texts)
+    note = page.locator("#missing-driver-note")
+    assert note.is_visible()
+    assert "left empty" in note.inner_text()
+    assert "how the model handles a missing value, not a value of this patient" in (
+        note.inner_text()
+    )
+    reading = page.locator("#waterfall-reading").inner_text()
+    assert "average benefit" in reading and "other features" in reading
+    label = chart.get_attribute("aria-label") or ""
+    assert label.startswith("From the average benefit to this patient's: Average benefit")
+    # no policy violation, and readable
+    assert page.evaluate("window.__violations") == []
+    assert page.evaluate(CONTRAST_JS) == []
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "page-waterfall.png"
+    page.locator("section.block:has(#drivers-chart)").screenshot(path=str(path))
+    if os.environ.get("PERSONALIZE_UPDATE_SCREENSHOT") or not DOCS_WATERFALL.exists():
+        DOCS_WATERFALL.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS_WATERFALL)
 
 
 @pytest.mark.slow

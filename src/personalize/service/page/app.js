@@ -6,6 +6,8 @@
  *   POST /v1/recommendations      (key)   the estimate; 422 lists {loc, field, msg, type}
  *   GET  /v1/model?format=html    (key)   the model card, shown in a dialog
  *   GET  /v1/model?format=markdown (key)  the same card, for its download
+ * The drivers are drawn as a waterfall: the average benefit (base value), each top driver,
+ * the other features together (benefit_parts) and the patient's benefit, which add up.
  * The API key is kept in sessionStorage (this tab, until it is closed) and sent as
  * "Authorization: Bearer <key>". Untrusted text is only ever inserted as text nodes.
  */
@@ -911,13 +913,17 @@
       ` Positive values favour ${treatment.label}; negative values favour ${control.label}.` +
       ` The interval is for ${b.covers}.`)));
 
-    // drivers
+    // drivers: a waterfall from the average benefit to this patient's
     if (result.drivers.length) {
       const driversChart = h("div", { class: "chart", id: "drivers-chart" });
+      const parts = result.benefit_parts;
       box.append(h("section", { class: "block", "aria-labelledby": "drivers-title" },
         h("h3", { id: "drivers-title" }, "What drives the difference for this patient"),
-        h("p", { class: "block-sub" }, `Each bar is one value's contribution to the difference, in ${diffWords(b.scale)}.`),
-        driversChart));
+        h("p", { class: "block-sub" }, parts
+          ? `From the average benefit to this patient's: each bar is one value's contribution, in ${diffWords(b.scale)}.`
+          : `Each bar is one value's contribution to the difference, in ${diffWords(b.scale)}.`),
+        driversChart,
+        parts ? waterfallNotes(result) : null));
     }
 
     if (result.missing_features.length) {
@@ -1027,7 +1033,11 @@
     const drivers = $("drivers-chart");
     if (arms) arms.replaceChildren(armsSvg(result, chartWidth(arms)));
     if (benefit) benefit.replaceChildren(benefitSvg(result, chartWidth(benefit)));
-    if (drivers) drivers.replaceChildren(driversSvg(result, patient, chartWidth(drivers)));
+    if (drivers) {
+      drivers.replaceChildren(result.benefit_parts
+        ? waterfallSvg(result, chartWidth(drivers))
+        : driversSvg(result, patient, chartWidth(drivers)));
+    }
   }
 
   function armsSvg(result, width) {
@@ -1176,6 +1186,128 @@
       node.append(s("line", { x1: x(0), x2: x(0), y1: y + 20, y2: y + 44, class: "zero" }));
     });
     return node;
+  }
+
+  function isMissing(driver) {
+    return driver.value === null || driver.value === undefined;
+  }
+
+  /** The waterfall's rows: the base value, each driver and the other features as steps
+   * from the running total, then the patient's benefit. */
+  function waterfallRows(result) {
+    const b = result.benefit;
+    const parts = result.benefit_parts;
+    const rows = [{
+      part: "base", label: "Average benefit (base value)", from: 0, to: parts.base_value,
+      value: parts.base_value,
+    }];
+    let total = parts.base_value;
+    for (const d of result.drivers) {
+      rows.push({
+        part: "driver", feature: d.feature, missing: isMissing(d), direction: d.direction,
+        label: `${driverLabel(d)}: ${driverValue(d)}`, from: total,
+        to: total + d.contribution, value: d.contribution,
+      });
+      total += d.contribution;
+    }
+    rows.push({
+      part: "other", label: "Other features, together", from: total,
+      to: total + parts.other_features, value: parts.other_features,
+    });
+    rows.push({ part: "benefit", label: "Benefit for this patient", from: 0, to: b.estimate, value: b.estimate });
+    return rows;
+  }
+
+  function waterfallSvg(result, width) {
+    const b = result.benefit;
+    const arms = armEntries(result);
+    const t = arms.find((a) => a.role === "treatment").label;
+    const c = arms.find((a) => a.role === "control").label;
+    const rows = waterfallRows(result);
+    const minimum = b.scale === "probability" ? 0.02 : 0.5;
+    const [lo, hi, step] = symmetricDomain(rows.flatMap((r) => [r.from, r.to]), minimum);
+    const scale = b.scale === "probability" ? 100 : 1;
+    const pad = { left: 8, right: 8 };
+    const rowH = 46;
+    const top = 22;
+    const barY = 21;
+    const barH = 16;
+    const height = top + rowH * rows.length + 20;
+    const x = (v) => pad.left + ((v - lo) / (hi - lo)) * (width - pad.left - pad.right);
+    const parts = rows.map((r) => {
+      const text = `${r.label} ${fmtDiff(r.value, b.scale)}`;
+      return r.part === "driver" ? `${text}, ${r.direction}` : text;
+    });
+    const summary = `From the average benefit to this patient's: ${parts.join("; ")}.`;
+    const node = s("svg", {
+      width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": summary,
+      class: "svg-chart waterfall",
+    });
+    node.append(s("title", {}, summary));
+    node.append(s("text", { x: x(lo), y: 13, class: "favours favours-control" }, `← favours ${c}`));
+    node.append(s("text", { x: x(hi), y: 13, class: "favours favours-treatment", "text-anchor": "end" }, `favours ${t} →`));
+    let tickStep = step;
+    while ((x(tickStep) - x(0)) < 84 && tickStep < hi) tickStep *= 2;
+    const bottom = top + rowH * rows.length;
+    for (const tick of ticksFor(lo, hi, tickStep)) {
+      node.append(s("line", { x1: x(tick), x2: x(tick), y1: top, y2: bottom, class: tick === 0 ? "zero" : "grid" }));
+      node.append(s("text", {
+        x: x(tick), y: bottom + 14, class: "tick", "text-anchor": anchor(x(tick), width, 28),
+      }, `${tick === 0 ? "0" : signed(tick * scale, tickStep * scale < 1 ? 1 : 0)}${b.scale === "probability" ? " pp" : ""}`));
+    }
+    rows.forEach((r, i) => {
+      const y = top + i * rowH;
+      const total = r.part === "base" || r.part === "benefit";
+      const text = fmtDiff(r.value, b.scale);
+      const valueRoom = 9 * text.length + 12;
+      const colour = total ? null : r.value >= 0 ? ARM_COLOURS.treatment : ARM_COLOURS.control;
+      node.append(s("text", { x: pad.left, y: y + 15, class: `driver-label${total ? " waterfall-total" : ""}` },
+        fitText(r.label, width - pad.left - pad.right - valueRoom)));
+      node.append(s("text", {
+        x: width - pad.right, y: y + 15, class: `driver-value${total ? " waterfall-total" : ""}`,
+        "text-anchor": "end", fill: colour,
+      }, text));
+      const x0 = x(Math.min(r.from, r.to));
+      const x1 = x(Math.max(r.from, r.to));
+      node.append(s("rect", {
+        x: x0, y: y + barY, width: Math.max(2, x1 - x0), height: barH, rx: 2,
+        fill: colour, stroke: r.missing ? colour : null,
+        class: total ? `bar-total bar-${r.part}` : r.missing ? "bar-missing" : null,
+        "data-part": r.part, "data-feature": r.part === "driver" ? r.feature : null,
+        "data-value": String(r.value), "data-missing": r.missing ? "true" : null,
+      }));
+      if (i + 1 < rows.length) {
+        // the running total carries on to the next step
+        const carry = rows[i + 1].part === "benefit" ? r.to : rows[i + 1].from;
+        node.append(s("line", {
+          x1: x(carry), x2: x(carry), y1: y + barY + barH, y2: y + rowH + barY, class: "connector",
+        }));
+      }
+    });
+    return node;
+  }
+
+  /** What the waterfall means, in words; and what a driver of a value not given means. */
+  function waterfallNotes(result) {
+    const b = result.benefit;
+    const parts = result.benefit_parts;
+    const missing = result.drivers.filter(isMissing).map(driverLabel);
+    const meaning = "its contribution is how the model handles a missing value, not a " +
+      "value of this patient.";
+    return [
+      h("p", { class: "fine", id: "waterfall-reading" },
+        `Start at the average benefit (${fmtDiff(parts.base_value, b.scale)}): what the model ` +
+        "expects before any of this patient's values is known. Each value then moves it " +
+        `(the ${result.drivers.length} largest are shown; all other features together move it ` +
+        `${fmtDiff(parts.other_features, b.scale)}), ending at this patient's benefit ` +
+        `(${fmtDiff(b.estimate, b.scale)}). The numbers add up, up to rounding.`),
+      missing.length
+        ? h("p", { class: "missing-driver-note", id: "missing-driver-note", role: "note" },
+          h("strong", {}, `Not given: ${missing.join(", ")}. `),
+          `${missing.length === 1 ? "This feature was" : "These features were"} left empty; ${meaning}`)
+        : h("p", { class: "fine", id: "missing-driver-note" },
+          `A driver shown as “not given” is a feature that was left empty: ${meaning}`),
+    ];
   }
 
   /** Shorten a label to the width available (about 7.4 px per character at 13 px). */

@@ -348,6 +348,27 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(
     assert list(small_disk.iterdir()) == []  # no partial file, no temporary left
 
 
+def test_an_unreadable_cell_mid_file_is_one_line_naming_the_input(
+    registered: scoring.ResolvedModel, trained_registry: TrainedRegistry, tmp_path: Path
+) -> None:
+    frame = referrals(registered.model, 50, 7).astype(str)
+    write_table(frame, tmp_path / "in.csv")
+    data = (tmp_path / "in.csv").read_bytes().split(b"\n")
+    data[6] = b"caf\xe9" + data[6]  # not UTF-8, in the id column
+    (tmp_path / "in.csv").write_bytes(b"\n".join(data))
+    result = CliRunner().invoke(
+        app,
+        [
+            "score", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"),
+            *model_args(registered, trained_registry),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1, (result.output, result.exception)
+    (line,) = error_lines(result.output)
+    assert str(tmp_path / "in.csv") in line and "cannot read" in line and "UTF8" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 # ----------------------------------------------------------------- orderly exit
 
 

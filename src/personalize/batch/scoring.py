@@ -423,7 +423,7 @@ def os_reason(exc: BaseException) -> str:
     errno = getattr(exc, "errno", None)
     if isinstance(errno, int) and errno > 0:
         return os.strerror(errno)
-    return str(exc) or type(exc).__name__
+    return " ".join(str(exc).split()) or type(exc).__name__  # one line
 
 
 # --------------------------------------------------------------------------- files
@@ -625,9 +625,18 @@ def _finished(reader: Any) -> None:
 
 
 def _csv_header(path: Path) -> list[str]:
+    """The first record, decoding only the lines it spans (a bad byte further down is
+    the reader's to report, with its row)."""
+
+    def lines(fh: Any) -> Iterator[str]:
+        first = True
+        for raw in fh:
+            yield raw.decode("utf-8-sig" if first else "utf-8")
+            first = False
+
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            return next(csv.reader(fh))
+        with open(path, "rb") as fh:
+            return next(csv.reader(lines(fh)))
     except StopIteration:
         raise ScoringError(f"{path}: empty file (no header)") from None
     except UnicodeDecodeError:

@@ -42,14 +42,18 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from personalize.config import CategoricalFeature, Pipeline
+from personalize.config import Pipeline
 from personalize.data.validate import CohortError, validate
-from personalize.model import OUTPUT_COLUMNS, PersonalizeModel
+from personalize.model import PersonalizeModel
+from personalize.portable import (  # PersonalizePyfunc: registered models name it here
+    PersonalizePyfunc,
+    package_copy,
+    requirements,
+    signature,
+    typical_patient,
+)
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -106,50 +110,6 @@ def experiment_id(client: MlflowClient, pipeline: Pipeline, uri: str) -> str:
     root = _artifact_root(uri)
     location = f"{root}/{pipeline.name}" if root else None
     return str(client.create_experiment(pipeline.name, artifact_location=location))
-
-
-class PersonalizePyfunc(PythonModel):
-    """The registered artifact: the same PersonalizeModel.predict the service and scorer use."""
-
-    def load_context(self, context: Any) -> None:
-        self.model: PersonalizeModel = joblib.load(context.artifacts["model"])
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        explain = int((params or {}).get("explain", 3))
-        return self.model.predict(model_input, explain=explain)
-
-
-def signature(pipeline: Pipeline) -> ModelSignature:
-    """Every covariate optional (missing values are allowed); the id passes through."""
-    cols: list[ColSpec | TensorSpec] = [ColSpec("string", pipeline.cohort.id, required=False)]
-    for name, spec in pipeline.features.items():
-        kind = "string" if isinstance(spec, CategoricalFeature) else "double"
-        cols.append(ColSpec(kind, name, required=False))
-    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", pipeline.cohort.id, required=False)]
-    for name in OUTPUT_COLUMNS:
-        kind = (
-            "string" if name in ("recommendation", "rationale", "drivers", "warnings") else "double"
-        )
-        outputs.append(ColSpec(kind, name))
-    return ModelSignature(
-        inputs=Schema(cols),
-        outputs=Schema(outputs),
-        params=ParamSchema([ParamSpec("explain", "long", 3)]),
-    )
-
-
-def typical_patient(model: PersonalizeModel) -> pd.DataFrame:
-    """An input example made of aggregates (medians, first level): no real patient's row."""
-    row: dict[str, Any] = {model.pipeline.cohort.id: "example"}
-    for name, spec in model.pipeline.features.items():
-        if isinstance(spec, CategoricalFeature):
-            row[name] = spec.levels[0]
-        else:
-            lo, hi = model.training_range.numeric.get(name, (spec.min or 0.0, spec.max or 0.0))
-            row[name] = float((lo + hi) / 2)
-    return pd.DataFrame([row])
 
 
 def package_versions() -> dict[str, str]:
@@ -448,13 +408,10 @@ def _train(
                 name="model",
                 python_model=PersonalizePyfunc(),
                 artifacts={"model": str(path)},
+                code_paths=[str(package_copy(Path(tmp)))],  # the model travels with its code
                 signature=signature(pipeline),
                 input_example=typical_patient(result.model),
-                pip_requirements=[
-                    f"{k}=={v}"
-                    for k, v in package_versions().items()
-                    if k not in ("python", "personalize")
-                ],
+                pip_requirements=requirements(),
             )
         summary = result.summary()
         version_tags = {

@@ -150,7 +150,7 @@ class Recommendation(BaseModel):
     benefit_parts: BenefitParts | None = Field(
         default=None,
         description="base value and other features: with `drivers`, the parts that add up to "
-        "`benefit.estimate` (null when the service is configured to explain nothing)"
+        "`benefit.estimate` (null when the service is configured to explain nothing)",
     )
     warnings: list[str] = Field(description="values outside the training data's range")
     missing_features: list[MissingFeature] = Field(

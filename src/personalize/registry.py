@@ -112,6 +112,32 @@ def experiment_id(client: MlflowClient, pipeline: Pipeline, uri: str) -> str:
     return str(client.create_experiment(pipeline.name, artifact_location=location))
 
 
+def cohort_dataset(pipeline: Pipeline, frame: pd.DataFrame) -> Any:
+    """The cohort as MLflow's dataset (source, digest, schema; no values)."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    if pipeline.cohort.path:
+        return from_pandas(frame, source=pipeline.cohort.path, name=pipeline.name)
+    return from_pandas(frame, name=pipeline.name)  # a frame handed over in code
+
+
+def learner_params(learner: Any, name: str) -> dict[str, str]:
+    """The chosen learner's hyperparameters as run params: its own settings and its trees'
+    LightGBM parameters (learners keep configuration in plain attributes)."""
+    out = {"learner/name": name}
+    for key, value in vars(learner).items():
+        if not key.startswith("_") and not key.endswith("_") and isinstance(
+            value, str | int | float | bool
+        ):
+            out[f"learner/{key}"] = str(value)
+    boosters = learner.boosters()
+    if boosters:
+        for key, value in (getattr(boosters[0], "params", None) or {}).items():
+            if isinstance(value, str | int | float | bool):
+                out[f"learner/lightgbm/{key}"] = str(value)[:500]
+    return out
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -373,6 +399,7 @@ def _train(
         mlflow.log_params({k[:250]: v[:6000] for k, v in params.items()})
         mlflow.log_dict(pipeline.model_dump(mode="json"), "pipeline.json")
         mlflow.log_dict(package_versions(), "package_versions.json")
+        mlflow.log_input(cohort_dataset(pipeline, frame), context="training")
         report_ = validate(frame, pipeline)
         mlflow.log_dict(report_.to_dict(), "validation_report.json")
         if not report_.ok:
@@ -380,6 +407,7 @@ def _train(
         result = training.fit(pipeline, frame, step=step)
         mlflow.set_tag("cohort_sha256", result.model.info.cohort_sha256)
         mlflow.set_tag("learner", result.chosen)
+        mlflow.log_params(learner_params(result.model.learner, result.chosen))
         mlflow.log_metrics(_finite(result.metrics()))
         mlflow.log_dict(result.ipcw.summary(), "ipcw.json")
         mlflow.log_dict(
@@ -423,6 +451,7 @@ def _train(
         with contextlib.redirect_stderr(io.StringIO()):  # "Created version ..." chatter
             # the version row and all its tags, gate metrics included, in one step
             mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
+        client.update_model_version(name, mv.version, description=report.card_summary(card))
         client.set_registered_model_alias(name, CANDIDATE, mv.version)
         version = str(mv.version)
         mlflow.log_dict(

@@ -94,27 +94,27 @@ class TrainResult:
 
     def metrics(self) -> dict[str, float]:
         m: dict[str, float] = {
-            "n_patients": float(len(self.cohort)),
-            "n_observed": float(self.cohort.observed.sum()),
-            "ipcw_effective_sample_size": self.ipcw.effective_sample_size,
-            "ipcw_n_clipped": float(self.ipcw.n_clipped),
-            **self.blp.metrics(),
-            "heterogeneity_p_adjusted": self.heterogeneity_p,
-            **self.autoc.metrics(),
-            **self.qini.metrics(),
-            **self.groups.metrics(),
-            "policy_gain_over_best_arm": self.policy.gain_over_best_arm,
-            "policy_gain_ci_low": self.policy.gain_ci_low,
-            "policy_gain_ci_high": self.policy.gain_ci_high,
-            "share_either": self.share_either,
+            "cohort/n_patients": float(len(self.cohort)),
+            "cohort/n_observed": float(self.cohort.observed.sum()),
+            "ipcw/effective_sample_size": self.ipcw.effective_sample_size,
+            "ipcw/n_clipped": float(self.ipcw.n_clipped),
+            **self.blp.metrics(prefix="blp/"),
+            "heterogeneity/p_adjusted": self.heterogeneity_p,
+            **self.autoc.metrics(prefix="autoc/"),
+            **self.qini.metrics(prefix="qini/"),
+            **self.groups.metrics(prefix="benefit_calibration/"),
+            "policy/gain_over_best_arm": self.policy.gain_over_best_arm,
+            "policy/gain_ci_low": self.policy.gain_ci_low,
+            "policy/gain_ci_high": self.policy.gain_ci_high,
+            "decision/share_either": self.share_either,
         }
         for arm, cal in self.calibration.items():
             for key, value in cal.to_dict().items():
                 if isinstance(value, float):
-                    m[f"calibration_{arm}_{key}"] = value
+                    m[f"calibration/{arm}/{key}"] = value
         for name, cand in self.candidates.items():
             for key, value in cand.metrics().items():
-                m[f"candidate_{name}_{key}"] = value
+                m[f"candidate/{name}/{key}"] = value
         return m
 
     def summary(self) -> dict[str, Any]:

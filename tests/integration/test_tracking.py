@@ -62,14 +62,22 @@ def test_train_registers_a_candidate_with_everything_logged(uri: str, cohort) ->
     assert run.data.tags["synthetic"] == "true" and run.data.tags["missing"] == "ipcw"
     assert run.data.tags["cohort_sha256"] == training.cohort_hash(cohort)
     for key in (
-        "blp_differential_p_value",
-        "heterogeneity_p_adjusted",
-        "autoc_estimate",
-        "calibration_MBT_brier",
-        "candidate_t_dr_loss",
-        "ipcw_effective_sample_size",
+        "blp/differential_p_value",
+        "heterogeneity/p_adjusted",
+        "autoc/estimate",
+        "calibration/MBT/brier",
+        "candidate/t/dr_loss",
+        "ipcw/effective_sample_size",
     ):
         assert key in run.data.metrics, key
+    (dataset,) = run.inputs.dataset_inputs  # the cohort, as MLflow's dataset
+    assert dataset.dataset.digest and dataset.dataset.name == spec.name
+    assert "participant_id" in dataset.dataset.schema
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+    assert run.data.params["learner/name"] == run.data.tags["learner"]  # the chosen one
+    assert run.data.params["learner/kind"] == "binary"
+    version = client.get_model_version(spec.registry.model_name, reg.version)
+    assert "Intended use" in version.description and "SYNTHETIC" in version.description
     assert run.data.params["outcome.followup"] == "bpi_severity_m6"
     artifacts = {a.path for a in client.list_artifacts(reg.run_id)}
     assert {

@@ -21,6 +21,7 @@ from personalize.report.card import CARD_VERSION, model_card_dict
 from personalize.report.figures import FIGURE_NAMES, figures, save_figures
 from personalize.report.render import (
     SYNTHETIC_BANNER,
+    card_summary,
     model_card,
     render_model_card,
     render_model_card_html,
@@ -30,6 +31,7 @@ __all__ = [
     "CARD_VERSION",
     "FIGURE_NAMES",
     "SYNTHETIC_BANNER",
+    "card_summary",
     "figures",
     "model_card",
     "model_card_dict",

@@ -106,3 +106,27 @@ def model_card(
     return render_model_card(
         model_card_dict(result, model_name=model_name, version=version, run_id=run_id)
     )
+
+
+def card_summary(card: Mapping[str, Any]) -> str:
+    """The model card in a paragraph (a registered version's description): intended use,
+    the data and whether they are synthetic, the heterogeneity verdict."""
+    use, data, het = card["intended_use"], card["data_source"], card["heterogeneity"]
+    population = card["population"]
+    verdict = (
+        "heterogeneity of benefit detected"
+        if het.get("detected")
+        else "no reliable evidence that benefit differs between patients"
+    )
+    lines = [
+        f"{SYNTHETIC_HEADLINE} {SYNTHETIC_WARNING}" if card.get("synthetic") else "",
+        f"Intended use: {use.get('purpose', '')}",
+        f"Question: {use.get('question', '')}",
+        f"Data: {population.get('n_patients')} patients ({population.get('n_observed')} with "
+        f"an observed outcome); {data.get('statement') or data.get('description', '')}",
+        f"Heterogeneity: {verdict} (adjusted p = "
+        f"{p_value(het.get('differential_p_adjusted'))}, alpha {het.get('alpha')}).",
+        f"Outcome: {card['outcome'].get('definition', '')}; "
+        f"learner {card['model'].get('learner')}.",
+    ]
+    return "\n\n".join(line for line in lines if line)

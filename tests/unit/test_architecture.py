@@ -21,6 +21,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "model": {"training", "registry", "batch", "report", "service", "study"},
     "training": {"registry", "batch", "report", "service", "study"},
     "report": {"registry", "batch", "service", "study"},
+    "portable": {"training", "registry", "batch", "report", "service", "study"},
     "registry": {"batch", "service", "study"},
     "batch": {"service", "study", "training", "report"},
     "study": {"service", "batch"},

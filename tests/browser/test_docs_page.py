@@ -5,9 +5,7 @@ clinician page nor the documentation can be put in a frame."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,9 +13,6 @@ import pytest
 
 from support.registry import TrainedRegistry
 from support.servers import Server, serve
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 pytestmark = pytest.mark.slow
 
@@ -35,22 +30,6 @@ def server(
 ) -> Iterator[Server]:
     with serve(tmp_path_factory.mktemp("docs"), trained_registry) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("PERSONALIZE_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (make browser)")
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_docs_render_from_the_service_alone_under_its_policy(browser: Any, server: Server) -> None:

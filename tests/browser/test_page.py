@@ -31,17 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "page"
 DOCS_SCREENSHOT = ROOT / "docs" / "img" / "clinician.png"
 DOCS_WATERFALL = ROOT / "docs" / "img" / "page-waterfall.png"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODEL = STAMP_MODEL
 
 # A STAMP-shaped patient; the form is filled from this (the preference separately).
@@ -116,22 +105,6 @@ def service(
 
 
 # --------------------------------------------------------------------------- the browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("PERSONALIZE_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (make browser)")
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

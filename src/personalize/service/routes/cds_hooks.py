@@ -129,6 +129,7 @@ async def patient_view(
     status_code=status.HTTP_200_OK,
     responses={
         **CALLER_ERRORS,
+        400: {"model": Problem, "description": "the body is not JSON"},
         404: {"model": Problem, "description": "unknown service id or card"},
     },
     summary="CDS Hooks feedback: what the clinician did with a card",
@@ -169,8 +170,11 @@ async def feedback(
 
 @router.get(
     "/cds-services/{service_id}/model-card",
-    response_class=HTMLResponse,
-    responses={404: {"model": Problem}, 503: {"model": Problem}},
+    responses={
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+        404: {"model": Problem},
+        503: {"model": Problem},
+    },
     summary="The model card a card links to (for the clinician's browser; no patient data)",
 )
 def model_card(service_id: str, loaded: CurrentModel, settings: SettingsDep) -> HTMLResponse:

@@ -30,6 +30,7 @@ import re
 import socket
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -116,9 +117,11 @@ def cohort_dataset(pipeline: Pipeline, frame: pd.DataFrame) -> Any:
     """The cohort as MLflow's dataset (source, digest, schema; no values)."""
     from mlflow.data.pandas_dataset import from_pandas
 
-    if pipeline.cohort.path:
-        return from_pandas(frame, source=pipeline.cohort.path, name=pipeline.name)
-    return from_pandas(frame, name=pipeline.name)  # a frame handed over in code
+    with warnings.catch_warnings():  # its hint on integer columns is about signatures
+        warnings.simplefilter("ignore", UserWarning)
+        if pipeline.cohort.path:
+            return from_pandas(frame, source=pipeline.cohort.path, name=pipeline.name)
+        return from_pandas(frame, name=pipeline.name)  # a frame handed over in code
 
 
 def learner_params(learner: Any, name: str) -> dict[str, str]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -59,9 +60,11 @@ def convert(col: pd.Series) -> Column:
     return Column(col.to_numpy(dtype=float), float64=col.dtype == np.float64)
 
 
-_open: contextvars.ContextVar[tuple[pd.DataFrame, dict[str, Column]] | None] = (
-    contextvars.ContextVar("feature_columns", default=None)
-)
+_open: contextvars.ContextVar[
+    tuple[pd.DataFrame, dict[str, Column], dict[Hashable, Any]] | None
+] = contextvars.ContextVar("feature_columns", default=None)
+
+T = TypeVar("T")
 
 
 def columns(X: pd.DataFrame) -> dict[str, Column]:
@@ -72,6 +75,20 @@ def columns(X: pd.DataFrame) -> dict[str, Column]:
     return {str(name): convert(col) for name, col in X.items()}
 
 
+def shared(X: pd.DataFrame, key: Hashable, compute: Callable[[], T]) -> T:
+    """`compute()` once per `key` within `reading(X)` (dropped when the block ends), e.g. a
+    design matrix that the learner and its bootstrap members all read; outside the block
+    it is computed afresh on every call. The result must not be modified."""
+    current = _open.get()
+    if current is None or current[0] is not X:
+        return compute()
+    store = current[2]
+    if key not in store:
+        store[key] = compute()
+    value: T = store[key]
+    return value
+
+
 @contextlib.contextmanager
 def reading(
     X: pd.DataFrame, converted: dict[str, Column] | None = None
@@ -79,7 +96,7 @@ def reading(
     """Within the block, X's columns are converted once (or taken from `converted`, when
     the caller built X from them)."""
     cols = converted if converted is not None else {str(n): convert(c) for n, c in X.items()}
-    token = _open.set((X, cols))
+    token = _open.set((X, cols, {}))
     try:
         yield cols
     finally:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from personalize.data.columns import columns
+from personalize import fast_trees
+from personalize.data.columns import columns, shared
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
 from personalize.learners.boosting import sigmoid
 
@@ -24,6 +25,7 @@ from personalize.learners.boosting import sigmoid
 # treatment interactions to almost nothing; the benefit's magnitude is instead recalibrated
 # out of fold by the training pipeline (calibration for benefit), which keeps the ranking.
 C = 1.0
+ROWS_PER_BLOCK = 1024  # rows whose predictors are mapped to probabilities while in cache
 
 
 class LinearDesign:
@@ -106,19 +108,34 @@ class LinearDesign:
 
 
 @numba.njit(nogil=True, cache=True)
-def _linear_predictors(R: np.ndarray, W: np.ndarray, const: np.ndarray) -> np.ndarray:
-    """const[m] + sum_c R[i, c] * W[c, m], summed over c in order for every (i, m): the
-    same bits for a model whatever the other columns of W (a BLAS product would not
-    promise that), at the cost of one pass over the rows."""
+def _arm_predictors(
+    R: np.ndarray,
+    W0: np.ndarray,
+    const0: np.ndarray,
+    W1: np.ndarray,
+    const1: np.ndarray,
+    out0: np.ndarray,
+    out1: np.ndarray,
+) -> None:
+    """out_a[i, m] = const_a[m] + sum_c R[i, c] * W_a[c, m], summed over c in order for
+    every (i, m): the same bits for a model whatever the other columns of W (a BLAS
+    product would not promise that). Each row of R is read once for both arms and the
+    members' sums advance side by side (vectorized across members)."""
     n, q = R.shape
-    out = np.empty((n, W.shape[1]))
+    m = W0.shape[1]
+    acc0 = np.empty(m)
+    acc1 = np.empty(m)
     for i in range(n):
-        for m in range(W.shape[1]):
-            acc = const[m]
-            for c in range(q):
-                acc += R[i, c] * W[c, m]
-            out[i, m] = acc
-    return out
+        acc0[:] = const0
+        acc1[:] = const1
+        for c in range(q):
+            r = R[i, c]
+            for j in range(m):
+                acc0[j] += r * W0[c, j]
+            for j in range(m):
+                acc1[j] += r * W1[c, j]
+        out0[i] = acc0
+        out1[i] = acc1
 
 
 class LinearLearner(EffectLearner):
@@ -181,16 +198,35 @@ class LinearLearner(EffectLearner):
         """Every learner's arms from one shared raw matrix: per arm, the members' weights
         side by side (columns x learners), summed column by column in one fixed order, so a
         learner's numbers are the same bits alone or in an ensemble. Scoring a bootstrap
-        ensemble is then a few passes over the rows, not one design per member."""
+        ensemble is then one pass over the rows (in blocks, on `fast_trees.threads()`
+        threads: disjoint rows, the same numbers), not one design per member."""
         fitted = [m for m in learners if isinstance(m, LinearLearner)]
         features = {tuple(m.design_.features_) for m in fitted}
         if len(fitted) != len(learners) or len(features) != 1:
             return super().arms_of(learners, X)
-        R = fitted[0].design_.raw_matrix(X)
-        arms = []
-        for arm in (0, 1):
-            weights = [m._arm_weights(arm) for m in fitted]
-            W = np.ascontiguousarray(np.column_stack([w for w, _ in weights]))
-            eta = _linear_predictors(R, W, np.array([c for _, c in weights]))
-            arms.append(sigmoid(eta) if fitted[0].kind == "binary" else eta)
-        return arms[0], arms[1]
+        # one raw matrix per input for the learner and its members (the learner is asked twice)
+        design = fitted[0].design_
+        R = shared(X, ("linear-raw-matrix", *features), lambda: design.raw_matrix(X))
+        (W0, c0), (W1, c1) = (cls._weights(fitted, arm) for arm in (0, 1))
+        n, m = len(R), W0.shape[1]
+        mu0, mu1 = np.empty((n, m)), np.empty((n, m))
+        binary = fitted[0].kind == "binary"
+
+        def rows(start: int, stop: int) -> None:
+            # a block's predictors are mapped while still in cache; the map is elementwise
+            for a in range(start, stop, ROWS_PER_BLOCK):
+                b = min(a + ROWS_PER_BLOCK, stop)
+                _arm_predictors(R[a:b], W0, c0, W1, c1, mu0[a:b], mu1[a:b])
+                if binary:
+                    mu0[a:b] = sigmoid(mu0[a:b])
+                    mu1[a:b] = sigmoid(mu1[a:b])
+
+        fast_trees.in_parts(n, rows, align=ROWS_PER_BLOCK)
+        return mu0, mu1
+
+    @staticmethod
+    def _weights(fitted: Sequence[LinearLearner], arm: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per arm, the members' weights side by side (columns x learners) and constants."""
+        weights = [m._arm_weights(arm) for m in fitted]
+        W = np.ascontiguousarray(np.column_stack([w for w, _ in weights]))
+        return W, np.array([c for _, c in weights])

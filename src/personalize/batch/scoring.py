@@ -154,14 +154,16 @@ class SeenIds:
         all of them."""
         if len(ids) == 0:
             return np.zeros(0, dtype=bool)
-        h = pd.util.hash_array(ids.astype(object))
-        _, first = np.unique(h, return_index=True)
+        # the ids are (almost always) distinct: hashing them one by one is what pandas'
+        # categorize step (factorize, hash the uniques, take) costs five times over
+        h = pd.util.hash_array(ids.astype(object), categorize=False)
+        unique, first = np.unique(h, return_index=True)
         dup = np.ones(len(h), dtype=bool)
         dup[first] = False
         for run in self.runs:
             pos = np.searchsorted(run, h)
             dup |= run[np.minimum(pos, len(run) - 1)] == h
-        self.runs.append(np.unique(h))
+        self.runs.append(unique)
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]) // 2:
             merged = np.union1d(self.runs.pop(), self.runs.pop())
             self.runs.append(merged)
@@ -298,13 +300,27 @@ def rejects_schema(pipeline: Pipeline) -> pa.Schema:
     )
 
 
-def _value_text(col: pd.Series, rows: np.ndarray) -> list[str | None]:
-    """The patient's value as text: the level, or the number as Python prints it."""
+def _value_texts(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, texts): the patient's value as text is texts[codes[row]]: the level, or the
+    number as Python prints it (None where missing). A feature takes few distinct values,
+    so each is printed once per chunk, not once per patient; numbers are told apart by
+    their bits (-0.0 is not 0.0)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        values = col.astype(object).to_numpy()[rows]
-        return [None if v is None or v != v else str(v) for v in values]
-    numbers = col.to_numpy(dtype=float)[rows].tolist()
-    return [None if v != v else repr(v) for v in numbers]
+        levels = [None if v is None or v != v else str(v) for v in col.cat.categories]
+        return col.cat.codes.to_numpy(), np.array([*levels, None], dtype=object)  # -1: None
+    bits = np.ascontiguousarray(col.to_numpy(dtype=float)).view(np.int64)
+    codes, distinct = pd.factorize(bits)
+    numbers = distinct.view(np.float64).tolist()
+    return codes, np.array([None if v != v else repr(v) for v in numbers], dtype=object)
+
+
+def _warnings_json(warnings: list[list[str]]) -> np.ndarray:
+    """Each patient's warnings as JSON text; most patients have none ("[]")."""
+    out = np.full(len(warnings), "[]", dtype=object)
+    some = np.fromiter(map(bool, warnings), dtype=bool, count=len(warnings))
+    for i in np.flatnonzero(some).tolist():
+        out[i] = json.dumps(warnings[i])
+    return out
 
 
 def output_table(
@@ -314,6 +330,7 @@ def output_table(
     n = len(ids)
     cols: dict[str, Any] = {schema.field(0).name: ids, **pred.answer()}
     names = np.asarray([*pred.driver_names, None], dtype=object)
+    texts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per driver feature, once
     for k in range(pred.driver_index.shape[1]):
         index = pred.driver_index[:, k]
         feature = names[index]  # index -1 -> None
@@ -321,13 +338,16 @@ def output_table(
         for j in np.unique(index[index >= 0]).tolist():
             if pred.driver_names[j] == ARM_DRIVER:
                 continue
+            if j not in texts:
+                texts[j] = _value_texts(pred.X[pred.driver_names[j]])
+            codes, text = texts[j]
             at = np.flatnonzero(index == j)
-            value[at] = _value_text(pred.X[pred.driver_names[j]], at)
+            value[at] = text[codes[at]]
         contribution = np.where(index >= 0, pred.driver_contribution[:, k], np.nan)
         cols[f"driver_{k + 1}_feature"] = feature
         cols[f"driver_{k + 1}_value"] = value
         cols[f"driver_{k + 1}_contribution"] = pa.array(contribution, mask=index < 0)
-    cols["warnings"] = [json.dumps(w) if w else "[]" for w in pred.warnings]
+    cols["warnings"] = _warnings_json(pred.warnings)
     cols["model_name"] = pa.array([name] * n, pa.string())
     cols["model_version"] = pa.array([version] * n, pa.string())
     arrays = [

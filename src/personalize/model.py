@@ -146,34 +146,50 @@ class PersonalizeModel:
             "individual patients vary more"
         )
 
-    def benefit_draws(self, X: pd.DataFrame) -> np.ndarray | None:
-        """Posterior draws of each patient's benefit (rows x draws), for a learner that has
-        them (per-arm outcome draws, differenced draw by draw); else None."""
+    def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """Posterior draws of the expected outcome under control and under treatment (rows x
+        draws), for a learner that has them; else None."""
         if not self.learner.posterior:
             return None
-        p0, p1 = self._calibrate(*self.learner.arm_draws(X))
-        return p1 - p0
+        return self._calibrate(*self.learner.arm_draws(X))
+
+    def benefit_draws(self, X: pd.DataFrame) -> np.ndarray | None:
+        """Posterior draws of each patient's benefit (rows x draws): the per-arm draws
+        differenced draw by draw; None for a learner without a posterior."""
+        draws = self.arm_draws(X)
+        return None if draws is None else draws[1] - draws[0]
 
     def arms(
-        self, X: pd.DataFrame, draws: np.ndarray | None = None
+        self, X: pd.DataFrame, draws: tuple[np.ndarray, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Expected outcome under control and under treatment: the calibrated prognosis
-        m(x) split by the calibrated benefit (see `prognosis`). `draws`: `benefit_draws(X)`
-        when the caller has them (the benefit is then their mean)."""
+        """Expected outcome under control and under treatment.
+
+        A posterior learner models each arm itself: its answers are the posterior means of
+        its per-arm outcomes (`draws`: `arm_draws(X)` when the caller has them). For the
+        others, the calibrated prognosis m(x) is split by the calibrated benefit (see
+        `prognosis`): with a few dozen responders per arm, their per-arm models
+        discriminate poorly."""
+        if self.learner.posterior:
+            d0, d1 = self._posterior(X, draws)
+            return d0.mean(axis=1), d1.mean(axis=1)
         m = self.prognosis.predict(X)
         if self.prognosis_calibrator is not None:
             m = self.prognosis_calibrator.transform(m)
-        if self.learner.posterior:
-            draws = self.benefit_draws(X) if draws is None else draws
-            assert draws is not None
-            raw = draws.mean(axis=1)
-        else:
-            raw = self._raw_benefit(self.learner, X)
-        benefit = self.benefit_calibration.apply(raw)
+        benefit = self.benefit_calibration.apply(self._raw_benefit(self.learner, X))
         return split_arms(m, benefit, self.allocation, self.binary)
 
+    def _posterior(
+        self, X: pd.DataFrame, draws: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        draws = self.arm_draws(X) if draws is None else draws
+        assert draws is not None, "a posterior learner has draws"
+        return draws
+
     def benefit_interval(
-        self, X: pd.DataFrame, benefit: np.ndarray, draws: np.ndarray | None = None
+        self,
+        X: pd.DataFrame,
+        benefit: np.ndarray,
+        draws: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The benefit's interval at the rule's level.
 
@@ -188,10 +204,9 @@ class PersonalizeModel:
         (no heterogeneity: the calibrated benefit ignores the learner) the members' spread
         does not enter and is not computed."""
         if self.learner.posterior:
-            draws = self.benefit_draws(X) if draws is None else draws
-            assert draws is not None
+            d0, d1 = self._posterior(X, draws)
             tail = (1 - self.rule.level) / 2
-            lower, upper = np.quantile(draws, [tail, 1 - tail], axis=1)
+            lower, upper = np.quantile(d1 - d0, [tail, 1 - tail], axis=1)
             return np.minimum(lower, benefit), np.maximum(upper, benefit)
         bc = self.benefit_calibration
         with self._batch():
@@ -308,7 +323,7 @@ class PersonalizeModel:
         X = features_of(cols, self.pipeline)
         # columns read from `cols`, each booster evaluated once per input: shared by all
         with columns_reading(X, cols), self._batch():
-            draws = self.benefit_draws(X)
+            draws = self.arm_draws(X)
             p0, p1 = self.arms(X, draws)
             benefit = p1 - p0
             lower, upper = self.benefit_interval(X, benefit, draws)

@@ -163,7 +163,7 @@ def cross_fit(
     obs = cohort.observed
     for k, (train, test) in enumerate(folds):
         fit_rows = train[obs[train]]
-        model = learner.clone(seed=learner.seed + 101 * k).fit(
+        model = learner.out_of_fold(seed=learner.seed + 101 * k).fit(
             cohort.X.iloc[fit_rows], cohort.treated[fit_rows], cohort.y[fit_rows], weight[fit_rows]
         )
         mu0[test], mu1[test] = model.predict_arms(cohort.X.iloc[test])
@@ -349,7 +349,10 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     best = candidates[chosen]
     prognosis, prognosis_cal, m_oof = fit_prognosis(pipeline, cohort, weight, folds)
     binary = pipeline.outcome.kind == "binary"
-    p0_oof, p1_oof = split_arms(m_oof, best.tau, e, binary)
+    if learner_class(chosen).posterior:  # its own out-of-fold per-arm posterior means
+        p0_oof, p1_oof = oof[chosen]
+    else:
+        p0_oof, p1_oof = split_arms(m_oof, best.tau, e, binary)
     calibration, reliability = assess_arms(pipeline, cohort, weight, p0_oof, p1_oof)
     step("calibration")
 

@@ -253,3 +253,26 @@ def test_a_learner_is_one_file() -> None:
     raw["training"]["learners"] = ["arm_means_for_test"]
     with pytest.raises(ValueError, match="unknown \\['arm_means_for_test'\\]"):
         Pipeline.model_validate(raw)
+
+
+def test_a_posterior_learner_answers_each_arm_from_its_own_draws(heldout) -> None:
+    """With `bcf`, the per-arm outcomes are the posterior means of its own per-arm draws:
+    they add up to the benefit, the interval is the posterior interval of the same draws
+    (a patient's own benefit, as the rule says), and the per-arm calibration report reads
+    the same learner's out-of-fold answers, not a prognosis split by the benefit."""
+    spec = pipeline("stamp", bootstrap=10, learners=["bcf"])
+    result = training.fit(spec, simulate("stamp", 500, 3).cohort)
+    model = result.model
+    X = model.features(heldout["stamp"].cohort.head(300))
+    d0, d1 = model.arm_draws(X)
+    p0, p1 = model.arms(X)
+    np.testing.assert_allclose(p0, d0.mean(axis=1))
+    np.testing.assert_allclose(p1, d1.mean(axis=1))
+    lo, hi = model.benefit_interval(X, p1 - p0)
+    np.testing.assert_allclose(lo, np.quantile(d1 - d0, 0.05, axis=1))
+    assert model.rule.individual and np.all(lo <= p1 - p0) and np.all(p1 - p0 <= hi)
+    assert model.calibrators is None and model.ensemble == []
+    _, p_oof, _ = result.reliability[spec.cohort.arm.treatment]
+    # out of fold: a learner's in-sample answers would track the outcomes they were fit on
+    assert p_oof.min() > 0 and p_oof.max() < 1 and p_oof.std() > 0
+    assert np.isfinite(result.calibration[spec.cohort.arm.treatment].slope)

@@ -51,33 +51,31 @@ def test_copied_forests_reproduce_stochtree(fitted) -> None:
     X_new = trial(200, 2)[0]
     Z = learner._matrix(X_new)
     refit = BCFModel()
-    from personalize.learners import bcf
-
+    chain = learner.chain
     refit.sample(  # the same call as fit, kept to compare against stochtree directly
         X_train=learner._matrix(X)[:, :-1],
         Z_train=trial(600, 1)[1],
         y_train=trial(600, 1)[2],
         propensity_train=np.full(len(X), learner.allocation_),
-        observation_weights=np.ones(len(X)),
-        num_gfr=bcf.GFR,
-        num_burnin=bcf.BURNIN,
-        num_mcmc=bcf.DRAWS,
+        num_gfr=chain.gfr,
+        num_burnin=chain.burnin,
+        num_mcmc=chain.draws,
         general_params={
+            "num_chains": chain.chains,
+            "keep_every": chain.every,
             "outcome_model": _probit(),
             "adaptive_coding": False,
             "random_seed": 3,
             "num_threads": 1,
         },
-        prognostic_forest_params={"num_trees": bcf.TREES_MU},
-        treatment_effect_forest_params={"num_trees": bcf.TREES_TAU},
     )
-    keep = np.arange(0, refit.num_samples, bcf.KEEP)
     out = refit.predict(
         X=Z[:, :-1], Z=np.zeros(len(Z)), propensity=Z[:, -1], terms=["mu", "tau"], type="posterior"
     )
     control, effect = learner.latent_draws(X_new)
-    np.testing.assert_allclose(control, out["mu_hat"][:, keep], atol=1e-10)
-    np.testing.assert_allclose(effect, out["tau_hat"][:, keep], atol=1e-10)
+    assert control.shape[1] == chain.chains * chain.draws  # every chain's draws, all kept
+    np.testing.assert_allclose(control, out["mu_hat"], atol=1e-10)
+    np.testing.assert_allclose(effect, out["tau_hat"], atol=1e-10)
     p0, p1 = learner.arm_draws(X_new)
     np.testing.assert_allclose(p1 - p0, ndtr(control + effect) - ndtr(control), atol=1e-12)
 

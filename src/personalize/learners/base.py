@@ -128,3 +128,9 @@ class EffectLearner(ABC):
     def clone(self, seed: int | None = None) -> Self:
         """An unfitted copy (optionally reseeded), e.g. for a bootstrap replicate."""
         return type(self)(kind=self.kind, seed=self.seed if seed is None else seed)
+
+    def out_of_fold(self, seed: int) -> Self:
+        """The unfitted copy cross-fitting fits on each fold. Out-of-fold answers feed the
+        heterogeneity test, the selection and the calibration report, which read only point
+        predictions: a learner may make this copy cheaper than the one it serves."""
+        return self.clone(seed)

@@ -55,6 +55,7 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,7 +308,9 @@ def _value_texts(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     their bits (-0.0 is not 0.0)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         levels = [None if v is None or v != v else str(v) for v in col.cat.categories]
-        return col.cat.codes.to_numpy(), np.array([*levels, None], dtype=object)  # -1: None
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        codes[codes < 0] = len(levels)  # missing: the None after the levels
+        return codes, np.array([*levels, None], dtype=object)
     bits = np.ascontiguousarray(col.to_numpy(dtype=float)).view(np.int64)
     codes, distinct = pd.factorize(bits)
     numbers = distinct.view(np.float64).tolist()
@@ -326,27 +329,38 @@ def _warnings_json(warnings: list[list[str]]) -> np.ndarray:
 def output_table(
     pred: Predictions, ids: np.ndarray, schema: pa.Schema, name: str, version: str
 ) -> pa.Table:
-    """The scorer's columns from predict's arrays (same numbers, drivers as columns)."""
+    """The scorer's columns from predict's arrays (same numbers, drivers as columns). A
+    driver's feature and value are taken by Arrow from the few distinct texts, not built
+    as one Python string per patient."""
     n = len(ids)
     cols: dict[str, Any] = {schema.field(0).name: ids, **pred.answer()}
-    names = np.asarray([*pred.driver_names, None], dtype=object)
-    texts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per driver feature, once
+    names = pa.array(pred.driver_names, pa.string())
+    texts: list[Any] = []  # every distinct value text of the drivers shown, feature by feature
+    offset: dict[int, tuple[np.ndarray, int]] = {}  # feature -> (its codes, its first text)
+    values: list[tuple[np.ndarray, np.ndarray]] = []  # per k: text position, shown
     for k in range(pred.driver_index.shape[1]):
         index = pred.driver_index[:, k]
-        feature = names[index]  # index -1 -> None
-        value = np.full(n, None, dtype=object)
-        for j in np.unique(index[index >= 0]).tolist():
+        position = np.zeros(n, dtype=np.int64)
+        shown = np.zeros(n, dtype=bool)
+        drivers = np.bincount(index[index >= 0], minlength=len(pred.driver_names))
+        for j in np.flatnonzero(drivers).tolist():  # ascending, as np.unique
             if pred.driver_names[j] == ARM_DRIVER:
                 continue
-            if j not in texts:
-                texts[j] = _value_texts(pred.X[pred.driver_names[j]])
-            codes, text = texts[j]
+            if j not in offset:
+                codes, text = _value_texts(pred.X[pred.driver_names[j]])
+                offset[j] = (codes, len(texts))
+                texts.extend(text.tolist())
+            codes, first = offset[j]
             at = np.flatnonzero(index == j)
-            value[at] = text[codes[at]]
+            position[at] = first + codes[at]
+            shown[at] = True
+        values.append((position, shown))
         contribution = np.where(index >= 0, pred.driver_contribution[:, k], np.nan)
-        cols[f"driver_{k + 1}_feature"] = feature
-        cols[f"driver_{k + 1}_value"] = value
+        cols[f"driver_{k + 1}_feature"] = names.take(pa.array(index, mask=index < 0))
         cols[f"driver_{k + 1}_contribution"] = pa.array(contribution, mask=index < 0)
+    table = pa.array(texts, pa.string())  # None (a missing value) is null
+    for k, (position, shown) in enumerate(values):
+        cols[f"driver_{k + 1}_value"] = table.take(pa.array(position, mask=~shown))
     cols["warnings"] = _warnings_json(pred.warnings)
     cols["model_name"] = pa.array([name] * n, pa.string())
     cols["model_version"] = pa.array([version] * n, pa.string())
@@ -862,25 +876,33 @@ def score_file(
             reasons: Counter[str] = Counter()
             rows_read = 0
             bar = _progress(source, progress, stack)
-            for chunk in _chunks(_read(source, source_path), chunk_size):
-                raw = chunk.to_pandas(use_threads=False)  # no Arrow worker runs Python code
-                rows = np.arange(rows_read + 1, rows_read + chunk.num_rows + 1)
-                rows_read += chunk.num_rows
-                done = score_frame(
-                    model,
-                    raw,
-                    rows,
-                    seen.repeated,
-                    explain=explain,
-                    name=model_name,
-                    version=model_version,
-                )
-                out.write(done.output)
-                rej.write(done.rejects)
-                reasons.update(done.reasons)
-                bar(rows_read, source.done())
-                if on_chunk is not None:
-                    on_chunk(rows_read)
+            # a chunk's files are written (Arrow encodes and compresses without the GIL)
+            # while the next one is scored, in input order, one chunk in flight at most;
+            # leaving the block waits for that write, so nothing is discarded under it
+            with ThreadPoolExecutor(1, thread_name_prefix="scorer-write") as background:
+                writing: Future[None] | None = None
+                for chunk in _chunks(_read(source, source_path), chunk_size):
+                    raw = chunk.to_pandas(use_threads=False)  # no Arrow worker runs Python
+                    rows = np.arange(rows_read + 1, rows_read + chunk.num_rows + 1)
+                    rows_read += chunk.num_rows
+                    done = score_frame(
+                        model,
+                        raw,
+                        rows,
+                        seen.repeated,
+                        explain=explain,
+                        name=model_name,
+                        version=model_version,
+                    )
+                    if writing is not None:
+                        writing.result()  # its error (a full disk) stops the run here
+                    writing = background.submit(_write_chunk, out, rej, done)
+                    reasons.update(done.reasons)
+                    bar(rows_read, source.done())
+                    if on_chunk is not None:
+                        on_chunk(rows_read)
+                if writing is not None:
+                    writing.result()
             malformed = 0
             if source.malformed is not None:
                 for table in source.malformed.tables():
@@ -934,6 +956,11 @@ def score_file(
         model_version,
     )
     return summary
+
+
+def _write_chunk(out: _Writer, rej: _Writer, done: ScoredChunk) -> None:
+    out.write(done.output)
+    rej.write(done.rejects)
 
 
 def _progress(source: _Source, show: bool, stack: ExitStack) -> Callable[[int, int], None]:

@@ -99,12 +99,67 @@ class LinearDesign:
             col += int(widths[j])
         return np.asarray(weights), -float(coef @ self.center_)
 
-    def by_feature(self, terms: np.ndarray) -> np.ndarray:
-        """Sum encoded-column terms (n x columns) into per-feature contributions."""
-        out = np.zeros((terms.shape[0], len(self.features_)))
-        for col, group in enumerate(self.groups_):  # np.add.at's order, without its overhead
-            out[:, group] += terms[:, col]
-        return out
+    def feature_terms(
+        self, X: pd.DataFrame, coef0: np.ndarray, coef1: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per coefficient vector, transform(X) * coef summed into per-feature
+        contributions (n x features), in one compiled pass with numpy's arithmetic in its
+        order: each encoded column as `_encode` computes it, centred, times its
+        coefficient, added to its feature's sum in column order from 0.0."""
+        cols = columns(X)
+        V = np.empty((len(X), len(self.features_)))
+        level = np.full(len(self.groups_), -1, dtype=np.int64)
+        mean, sd = np.zeros(len(self.groups_)), np.ones(len(self.groups_))
+        c = 0
+        for j, name in enumerate(self.features_):
+            col = cols[name]
+            V[:, j] = col.values  # a categorical's codes, NaN where missing
+            if col.levels is not None:
+                level[c : c + len(col.levels)] = np.arange(len(col.levels))
+                c += len(col.levels)
+            else:
+                mean[c], sd[c] = self.stats_[name]
+                c += 1
+        out0, out1 = np.zeros_like(V), np.zeros_like(V)
+        groups = np.asarray(self.groups_, dtype=np.int64)
+        _feature_terms(V, groups, level, mean, sd, self.center_, coef0, coef1, out0, out1)
+        return out0, out1
+
+
+MAX_FLOAT = float(np.finfo(np.float64).max)  # np.nan_to_num's stand-in for +inf
+
+
+@numba.njit(nogil=True, cache=True)
+def _feature_terms(
+    V: np.ndarray,
+    groups: np.ndarray,
+    level: np.ndarray,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    center: np.ndarray,
+    coef0: np.ndarray,
+    coef1: np.ndarray,
+    out0: np.ndarray,
+    out1: np.ndarray,
+) -> None:
+    """out_a[i, groups[c]] += (encoded[i, c] - center[c]) * coef_a[c], c in order; encoded
+    is a level's one-hot 0/1 (level[c] >= 0), else (nan_to_num(x, nan=mean) - mean) / sd."""
+    for i in range(V.shape[0]):
+        for c in range(groups.shape[0]):
+            v = V[i, groups[c]]
+            if level[c] >= 0:
+                e = 1.0 if v == v and np.int64(v) == level[c] else 0.0
+            else:
+                if v != v:
+                    v = mean[c]
+                elif v > MAX_FLOAT:
+                    v = MAX_FLOAT
+                elif v < -MAX_FLOAT:
+                    v = -MAX_FLOAT
+                e = (v - mean[c]) / sd[c]
+            z = e - center[c]
+            out0[i, groups[c]] += z * coef0[c]
+            out1[i, groups[c]] += z * coef1[c]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -163,16 +218,13 @@ class LinearLearner(EffectLearner):
         self.delta_ = coef[p + 1 :] if self.interactions else np.zeros(p)
         return self
 
-    def _arm_terms(self, Z: np.ndarray, arm: int) -> tuple[float, np.ndarray]:
-        return self.intercept_ + arm * self.gamma_, Z * (self.beta_ + arm * self.delta_)
-
     def contributions(self, X: pd.DataFrame) -> ArmContributions:
-        Z = self.design_.transform(X)
+        coefs = [self.beta_ + arm * self.delta_ for arm in (0, 1)]
+        phis = self.design_.feature_terms(X, *coefs)
         pad = np.zeros((len(X), 1))
         parts = []
-        for arm in (0, 1):
-            base, terms = self._arm_terms(Z, arm)
-            phi = self.design_.by_feature(terms)
+        for arm, phi in zip((0, 1), phis, strict=True):
+            base = self.intercept_ + arm * self.gamma_
             raw = base + phi.sum(axis=1)
             base_arr = np.full(len(X), base)
             if self.kind == "binary":

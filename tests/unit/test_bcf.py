@@ -5,12 +5,14 @@ interval covers the true benefit of simulated patients."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import ndtr
 
+from personalize import fast_trees
 from personalize.learners.bcf import BCFLearner, TreeArrays
 
 pytestmark = pytest.mark.slow  # samples a posterior (seconds per fit)
@@ -91,6 +93,7 @@ def test_the_merged_mean_forest_is_the_posterior_mean(fitted) -> None:
     Z = learner._matrix(trial(300, 4)[0])
     for forest, merged in ((learner.mu_, learner.mu_mean_), (learner.tau_, learner.tau_mean_)):
         assert merged.trees < forest.trees * forest.draws  # shapes shared across draws
+        np.testing.assert_allclose(forest.sums(Z), forest.sums_by_tree(Z), rtol=1e-12, atol=1e-14)
         phi, base = merged.attributions(Z, 1.0 / forest.draws)
         np.testing.assert_allclose(base + phi.sum(axis=1), forest.sums(Z).mean(axis=1), atol=1e-10)
         assert np.abs(phi[:, 1]).max() > 0  # the noise column drives the prognosis or not, but
@@ -137,3 +140,68 @@ def test_the_trees_survive_a_round_trip_through_json() -> None:
     phi, base = arrays.merged().attributions(X, 1.0)
     assert base == pytest.approx(2.0)  # the training rows' mean leaf
     np.testing.assert_allclose(base + phi.sum(axis=1), [1.0, 2.0, 3.0])
+
+
+def random_tree(rng: np.random.Generator, grid: np.ndarray, features: int, depth: int) -> dict:
+    """A tree in stochtree's JSON layout with its nodes numbered breadth first (`from_json`
+    renumbers them depth first), split thresholds from `grid`."""
+    nodes: list[dict] = [{"level": 0}]
+    for node in nodes:  # grows while it is walked: breadth first
+        if node["level"] < depth and rng.random() < 0.6:
+            children = [len(nodes), len(nodes) + 1]
+            nodes += [{"level": node["level"] + 1} for _ in children]
+            node.update(
+                node_type=1, split_index=int(rng.integers(features)),
+                threshold=float(rng.choice(grid)), left=children[0], right=children[1],
+                leaf_value=0.0,
+            )  # fmt: skip
+        else:
+            node.update(node_type=0, split_index=-1, threshold=0.0, left=-1, right=-1)
+            node["leaf_value"] = float(rng.normal())
+    keys = ("node_type", "split_index", "threshold", "left", "right", "leaf_value")
+    return {key: [node[key] for node in nodes] for key in keys}
+
+
+def test_shared_shapes_give_the_per_tree_sums() -> None:
+    """Shapes kept across draws with new leaf values, a shape twice in one draw, single
+    leaves and deep trees; rows on the split thresholds and missing values (which go
+    right): the same sums as walking every tree, for any rows and any number of threads,
+    also for a model pickled before the shapes were kept."""
+    rng = np.random.default_rng(0)
+    grid, features, trees, draws = np.round(np.linspace(-1, 1, 9), 2), 4, 12, 30
+    container: dict = {"num_trees": trees}
+    slots = [random_tree(rng, grid, features, 4) for _ in range(trees)]
+    for d in range(draws):
+        for t in range(trees):
+            if rng.random() < 0.2:  # a new shape in this slot
+                slots[t] = random_tree(rng, grid, features, int(rng.integers(5)))
+        forest = [json.loads(json.dumps(slot)) for slot in slots]
+        forest[1] = json.loads(json.dumps(forest[0]))  # the same shape twice in a draw
+        for tree in forest:  # every draw its own leaf values
+            tree["leaf_value"] = [
+                float(rng.normal()) if kind == 0 else 0.0 for kind in tree["node_type"]
+            ]
+        container[f"forest_{d}"] = {f"tree_{t}": tree for t, tree in enumerate(forest)}
+    X = rng.choice(grid, size=(1000, features)) + rng.choice([0.0, 1e-9, 0.01], (1000, features))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    arrays = TreeArrays.from_json(container, np.arange(draws), X[:200])
+    shared = arrays.shared()
+    assert len(shared.root) - 1 < trees * draws  # shapes are shared
+    sizes = set(np.diff(shared.root).tolist())
+    assert {1, 3} <= sizes and max(sizes) > 3  # single leaves, stumps and deeper shapes
+    expected = arrays.sums_by_tree(X)
+    np.testing.assert_allclose(arrays.sums(X), expected, rtol=1e-12, atol=1e-12)
+    whole = arrays.sums(X)
+    for a, b in ((0, 1), (255, 513), (999, 1000)):
+        assert np.array_equal(arrays.sums(X[a:b]), whole[a:b])  # blocks change nothing
+    big = np.tile(X, (10, 1))  # enough rows for the threads
+    before = fast_trees.threads()
+    try:
+        fast_trees.set_threads(3)
+        assert np.array_equal(arrays.sums(big), np.tile(whole, (10, 1)))
+    finally:
+        fast_trees.set_threads(before)
+    old = pickle.loads(pickle.dumps(arrays))
+    assert "shared_" in old.__dict__  # kept with the model
+    del old.__dict__["shared_"]  # as pickled before: built when first needed
+    assert np.array_equal(old.sums(X), whole)

@@ -8,10 +8,14 @@ benefit, not only that of patients like them (docs/training.md, "Intervals").
 
 After fitting, the forests are copied into plain arrays (`TreeArrays`) and evaluated by
 compiled loops: the model pickles without stochtree's C++ objects, and scoring needs no
-stochtree at all. Drivers are path attributions of the posterior-mean forests (Saabas):
-along each patient's path every split's change in the expected leaf value goes to its
-feature, so they add up exactly to the patient's latent value, and the rescale rule
-carries them to the probability scale as for the other learners.
+stochtree at all. Consecutive draws mostly share a tree's splits and differ in its leaf
+values, so each distinct tree shape is walked once per row and its leaf's value added for
+every draw that has it (`SharedShapes`).
+
+Drivers are path attributions of the posterior-mean forests (Saabas): along each patient's
+path every split's change in the expected leaf value goes to its feature, so they add up
+exactly to the patient's latent value, and the rescale rule carries them to the
+probability scale as for the other learners.
 """
 
 from __future__ import annotations
@@ -88,6 +92,54 @@ class Design:
 
 
 @dataclass(frozen=True)
+class SharedShapes:
+    """A forest's distinct tree shapes and, per shape, the draws that have it with their leaf
+    values. Consecutive posterior draws mostly keep a tree's splits and redraw only its leaf
+    values, so a row needs one walk per shape (about a fifth of the trees), not per tree.
+
+    Shape h has nodes root[h]..root[h+1] (children as offsets from root[h], preorder, leaves
+    with feature -1) and uses uses[h]..uses[h+1], one per draw that has it (`draw`); use j's
+    value of local node q is values[table[h] + j * size + q], size = root[h+1] - root[h]
+    (zero for a split; a shape twice in one draw has the sum of both copies' values)."""
+
+    root: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    uses: np.ndarray
+    draw: np.ndarray
+    table: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, forest: TreeArrays) -> SharedShapes:
+        shape, first = forest.shapes()
+        size = np.diff(np.append(forest.start, len(forest.feature)))  # nodes per tree
+        m = size[first]
+        root = np.concatenate([[0], np.cumsum(m)])
+        # one use per (shape, draw), ordered by shape, then draw
+        draw_of = np.arange(len(shape)) // forest.trees
+        pairs, use_of = np.unique(shape * forest.draws + draw_of, return_inverse=True)
+        uses = np.searchsorted(pairs // forest.draws, np.arange(len(first) + 1))
+        nodes = np.repeat(forest.start[first] - root[:-1], m) + np.arange(root[-1])
+        base = np.repeat(forest.start[first], m)
+        table = np.concatenate([[0], np.cumsum(np.diff(uses) * m)])
+        # every node of every tree into its use's table (added in tree order)
+        tree = np.repeat(np.arange(len(shape)), size)
+        h = shape[tree]
+        local = np.arange(len(forest.feature)) - np.repeat(forest.start, size)
+        values = np.zeros(int(table[-1]))
+        np.add.at(values, table[h] + (use_of[tree] - uses[h]) * m[h] + local, forest.value)
+        return cls(
+            root=root, feature=forest.feature[nodes], threshold=forest.threshold[nodes],
+            left=np.where(forest.left[nodes] >= 0, forest.left[nodes] - base, -1),
+            right=np.where(forest.right[nodes] >= 0, forest.right[nodes] - base, -1),
+            uses=uses, draw=pairs % forest.draws, table=table, values=values,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TreeArrays:
     """Every tree of every kept draw of one forest, flattened: node arrays with absolute
     child indices (leaves have feature -1), `start[d * trees + t]` the root of draw d's
@@ -143,10 +195,25 @@ class TreeArrays:
             value=np.asarray(value, dtype=np.float64),
         )
         mean = _node_means(X_train, *arrays.values())
-        return cls(trees=trees, draws=len(keep), mean=mean, **arrays)
+        forest = cls(trees=trees, draws=len(keep), mean=mean, **arrays)
+        forest.shared()  # now rather than on the first scoring call
+        return forest
 
     def sums(self, X: np.ndarray) -> np.ndarray:
-        """Each draw's sum of trees for each row (rows x draws)."""
+        """Each draw's sum of trees for each row (rows x draws): each distinct tree shape is
+        evaluated once per row and its leaf's value added for every draw that has it (the
+        same numbers as `sums_by_tree` up to the order of the additions)."""
+        shared = self.shared()
+        out = np.empty((X.shape[0], self.draws))
+        fast_trees.in_parts(len(X), lambda a, b: _shared_sums(
+            X, a, b, shared.root, shared.feature, shared.threshold, shared.left,
+            shared.right, shared.uses, shared.draw, shared.table, shared.values, out,
+        ))  # fmt: skip
+        return out
+
+    def sums_by_tree(self, X: np.ndarray) -> np.ndarray:
+        """`sums` by walking every tree of every draw (the reference `sums` is checked and
+        timed against)."""
         out = np.zeros((X.shape[0], self.draws))
         fast_trees.in_parts(len(X), lambda a, b: _forest_sums(
             X, a, b, self.trees, self.draws, self.start, self.feature, self.threshold,
@@ -154,45 +221,49 @@ class TreeArrays:
         ))  # fmt: skip
         return out
 
+    def shared(self) -> SharedShapes:
+        """The distinct shapes and each draw's leaf values on them, built on first use and
+        kept as a plain attribute (so they pickle with the model; a model pickled before
+        they existed builds them when it first scores)."""
+        shared: SharedShapes | None = self.__dict__.get("shared_")
+        if shared is None:
+            shared = SharedShapes.of(self)
+            object.__setattr__(self, "shared_", shared)  # a cache: the trees are unchanged
+        return shared
+
+    def shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each tree's shape (its splits: features, thresholds, children) numbered in order
+        of first appearance, and the first tree of each shape."""
+        size = np.diff(np.append(self.start, len(self.feature)))
+        child = np.where(self.left >= 0, self.left - np.repeat(self.start, size), -1)
+        columns = [a.tobytes() for a in (self.feature, self.threshold, child)]  # 8-byte items
+        ids: dict[tuple[bytes, ...], int] = {}
+        shape = np.empty(len(self.start), dtype=np.int64)
+        ends = (self.start + size).tolist()
+        for k, (a, b) in enumerate(zip(self.start.tolist(), ends, strict=True)):
+            shape[k] = ids.setdefault(tuple(c[8 * a : 8 * b] for c in columns), len(ids))
+        return shape, np.unique(shape, return_index=True)[1]
+
     def merged(self) -> TreeArrays:
         """The sum of all draws' trees as one forest with each distinct tree shape (same
         splits) once and the node means of its copies added: a path attribution is linear
         in the node means, so the posterior-mean forest is explained at the cost of its
         distinct shapes (most trees survive several draws unchanged)."""
-        shapes: dict[tuple[tuple[int, ...], ...], int] = {}
-        parts: list[tuple[slice, np.ndarray]] = []
-        for k in range(self.trees * self.draws):
-            nodes = slice(
-                int(self.start[k]),
-                int(self.start[k + 1]) if k + 1 < len(self.start) else len(self.feature),
-            )
-            base = nodes.start
-            key = (
-                tuple(self.feature[nodes].tolist()),
-                tuple(self.threshold[nodes].tolist()),
-                tuple(np.where(self.left[nodes] >= 0, self.left[nodes] - base, -1).tolist()),
-            )
-            if key in shapes:
-                parts[shapes[key]][1][:] += self.mean[nodes]
-            else:
-                shapes[key] = len(parts)
-                parts.append((nodes, self.mean[nodes].copy()))
-        feature, threshold, left, right, mean, start = [], [], [], [], [], []
-        offset = 0
-        for nodes, node_means in parts:
-            shift = offset - nodes.start
-            start.append(offset)
-            feature.append(self.feature[nodes])
-            threshold.append(self.threshold[nodes])
-            left.append(np.where(self.left[nodes] >= 0, self.left[nodes] + shift, -1))
-            right.append(np.where(self.right[nodes] >= 0, self.right[nodes] + shift, -1))
-            mean.append(node_means)
-            offset += nodes.stop - nodes.start
-        flat = np.concatenate
+        shape, first = self.shapes()
+        size = np.diff(np.append(self.start, len(self.feature)))
+        m = size[first]
+        start = np.concatenate([[0], np.cumsum(m)])
+        nodes = np.repeat(self.start[first] - start[:-1], m) + np.arange(start[-1])
+        mean = np.zeros(start[-1])  # every copy's node means, added in tree order
+        local = np.arange(len(self.feature)) - np.repeat(self.start, size)
+        np.add.at(mean, np.repeat(start[shape], size) + local, self.mean)
+        shift = np.repeat(start[:-1] - self.start[first], m)
         return TreeArrays(
-            trees=len(parts), draws=1, start=np.asarray(start, dtype=np.int64),
-            feature=flat(feature), threshold=flat(threshold), left=flat(left),
-            right=flat(right), value=np.zeros(offset), mean=flat(mean),
+            trees=len(first), draws=1, start=start[:-1], feature=self.feature[nodes],
+            threshold=self.threshold[nodes],
+            left=np.where(self.left[nodes] >= 0, self.left[nodes] + shift, -1),
+            right=np.where(self.right[nodes] >= 0, self.right[nodes] + shift, -1),
+            value=np.zeros(start[-1]), mean=mean,
         )  # fmt: skip
 
     def attributions(self, X: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
@@ -225,6 +296,59 @@ def _forest_sums(X, a, b, trees, draws, start, feature, threshold, left, right, 
                 root = start[d * trees + t]
                 for i in range(s, e):
                     out[i, d] += _leaf(X, i, root, feature, threshold, left, right, value)
+
+
+@numba.njit(nogil=True, cache=True)
+def _shared_sums(X, a, b, root, feature, threshold, left, right, uses, draw, table, values, out):
+    """out[i, d] = sum of draw d's trees at row i, for rows a..b (see `SharedShapes`), in
+    blocks of rows: the block's features are transposed and its sums accumulated draw by
+    draw, so the loops over the block's rows read and write contiguous memory (and
+    vectorize). A single leaf adds a constant and a stump selects one of two values; a
+    deeper shape walks all rows through its splits in preorder (a row moves on from the
+    node it has reached), then each use adds the value of the row's leaf. Every row's sums
+    are added in the same order, whatever the blocks."""
+    leaf = np.zeros(ROW_BLOCK, dtype=np.int64)
+    acc = np.empty((out.shape[1], ROW_BLOCK))
+    xt = np.empty((X.shape[1], ROW_BLOCK))
+    for s in range(a, b, ROW_BLOCK):
+        n = min(b, s + ROW_BLOCK) - s
+        for i in range(n):
+            for f in range(X.shape[1]):
+                xt[f, i] = X[s + i, f]
+        acc[:, :] = 0.0
+        for h in range(len(root) - 1):
+            r, size = root[h], root[h + 1] - root[h]
+            u0, k, v0 = uses[h], uses[h + 1] - uses[h], table[h]
+            if size == 1:
+                for j in range(k):
+                    row = acc[draw[u0 + j]]
+                    c = values[v0 + j]
+                    for i in range(n):
+                        row[i] += c
+            elif size == 3:
+                col, t, lo, hi = xt[feature[r]], threshold[r], left[r], right[r]
+                for j in range(k):
+                    row = acc[draw[u0 + j]]
+                    vl, vr = values[v0 + j * 3 + lo], values[v0 + j * 3 + hi]
+                    for i in range(n):
+                        row[i] += vl if col[i] <= t else vr
+            else:
+                leaf[:n] = 0
+                for q in range(size):
+                    if feature[r + q] < 0:
+                        continue
+                    col, t, lo, hi = xt[feature[r + q]], threshold[r + q], left[r + q], right[r + q]
+                    for i in range(n):
+                        nxt = lo if col[i] <= t else hi
+                        leaf[i] = nxt if leaf[i] == q else leaf[i]
+                for j in range(k):
+                    row = acc[draw[u0 + j]]
+                    tbl = values[v0 + j * size : v0 + (j + 1) * size]
+                    for i in range(n):
+                        row[i] += tbl[leaf[i]]
+        for i in range(n):
+            for d in range(out.shape[1]):
+                out[s + i, d] = acc[d, i]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -280,10 +404,10 @@ class BCFLearner(EffectLearner):
     # benefit, and whose prior shrinks towards a homogeneous effect (the most regularised).
     complexity = 5
     posterior = True
-    # Opt-in (`training.learners: [bcf]`), not a default: its own per-arm probabilities
-    # failed the promotion gate's calibration slope for the treatment arm in 2 of 4
-    # simulated STAMP trials (out of fold, slopes 0.0-0.1 with a standard error of about
-    # 0.25: the treatment arm's predictions did not track its outcomes; docs/training.md)
+    # Opt-in (`training.learners: [bcf]`), not a default: its own treatment-arm
+    # probabilities failed the promotion gate's calibration slope in 5 of 7 simulated STAMP
+    # trials (out of fold, slopes near 0: they did not track the treatment arm's outcomes),
+    # the default learners' per-arm outcomes in 7 of 16 (docs/training.md)
     default_for = ()
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:

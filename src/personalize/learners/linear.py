@@ -25,7 +25,7 @@ from personalize.learners.boosting import sigmoid
 # treatment interactions to almost nothing; the benefit's magnitude is instead recalibrated
 # out of fold by the training pipeline (calibration for benefit), which keeps the ranking.
 C = 1.0
-ROWS_PER_BLOCK = 1024  # rows whose predictors are mapped to probabilities while in cache
+BLOCK_VALUES = 1 << 16  # predictors per block (rows x learners) mapped while in cache
 
 
 class LinearDesign:
@@ -174,23 +174,42 @@ def _arm_predictors(
 ) -> None:
     """out_a[i, m] = const_a[m] + sum_c R[i, c] * W_a[c, m], summed over c in order for
     every (i, m): the same bits for a model whatever the other columns of W (a BLAS
-    product would not promise that). Each row of R is read once for both arms and the
-    members' sums advance side by side (vectorized across members)."""
+    product would not promise that). Rows are read once for both arms, four at a time,
+    and the sums of the members and of the four rows advance side by side (independent
+    chains: vectorized across members, and no waiting on one sum when there is one
+    member)."""
     n, q = R.shape
     m = W0.shape[1]
-    acc0 = np.empty(m)
-    acc1 = np.empty(m)
-    for i in range(n):
-        acc0[:] = const0
-        acc1[:] = const1
+    full = n - n % 4
+    for i in range(0, full, 4):
+        for k in range(4):
+            for j in range(m):
+                out0[i + k, j] = const0[j]
+                out1[i + k, j] = const1[j]
+        for c in range(q):
+            r0, r1, r2, r3 = R[i, c], R[i + 1, c], R[i + 2, c], R[i + 3, c]
+            for j in range(m):
+                w = W0[c, j]
+                out0[i, j] += r0 * w
+                out0[i + 1, j] += r1 * w
+                out0[i + 2, j] += r2 * w
+                out0[i + 3, j] += r3 * w
+            for j in range(m):
+                w = W1[c, j]
+                out1[i, j] += r0 * w
+                out1[i + 1, j] += r1 * w
+                out1[i + 2, j] += r2 * w
+                out1[i + 3, j] += r3 * w
+    for i in range(full, n):
+        for j in range(m):
+            out0[i, j] = const0[j]
+            out1[i, j] = const1[j]
         for c in range(q):
             r = R[i, c]
             for j in range(m):
-                acc0[j] += r * W0[c, j]
+                out0[i, j] += r * W0[c, j]
             for j in range(m):
-                acc1[j] += r * W1[c, j]
-        out0[i] = acc0
-        out1[i] = acc1
+                out1[i, j] += r * W1[c, j]
 
 
 class LinearLearner(EffectLearner):
@@ -264,16 +283,18 @@ class LinearLearner(EffectLearner):
         mu0, mu1 = np.empty((n, m)), np.empty((n, m))
         binary = fitted[0].kind == "binary"
 
+        block = max(256, BLOCK_VALUES // max(m, 1))
+
         def rows(start: int, stop: int) -> None:
             # a block's predictors are mapped while still in cache; the map is elementwise
-            for a in range(start, stop, ROWS_PER_BLOCK):
-                b = min(a + ROWS_PER_BLOCK, stop)
+            for a in range(start, stop, block):
+                b = min(a + block, stop)
                 _arm_predictors(R[a:b], W0, c0, W1, c1, mu0[a:b], mu1[a:b])
                 if binary:
                     mu0[a:b] = sigmoid(mu0[a:b])
                     mu1[a:b] = sigmoid(mu1[a:b])
 
-        fast_trees.in_parts(n, rows, align=ROWS_PER_BLOCK)
+        fast_trees.in_parts(n, rows, align=block)
         return mu0, mu1
 
     @staticmethod

@@ -26,6 +26,7 @@ from personalize.report.labels import (
     finite,
     outcome_measure,
 )
+from personalize.stats import coverage
 from personalize.stats.decision import NO_DIFFERENCE
 
 if TYPE_CHECKING:
@@ -201,10 +202,11 @@ def model_card_dict(
     }
 
     learners = {
-        "criterion": "lowest out-of-fold DR-loss: mean squared difference between a "
-        "candidate's cross-fitted (and benefit-calibrated) benefit and the "
-        "doubly-robust (AIPW with IPCW) pseudo-outcomes; its expectation is the "
-        "benefit's mean squared error (PEHE) plus a constant",
+        "criterion": "one-standard-error rule on the out-of-fold DR-loss (mean squared "
+        "difference between a candidate's cross-fitted, benefit-calibrated benefit and the "
+        "doubly-robust pseudo-outcomes, whose expectation is the benefit's mean squared "
+        "error plus a constant): the simplest candidate whose loss is within one standard "
+        "error of the lowest",
         "folds": pipeline.training.folds,
         "chosen": result.chosen,
         "chosen_description": _learner_text(result.chosen),
@@ -466,7 +468,8 @@ def _limitations(result: TrainResult) -> list[str]:
         "trial's eligibility criteria, under the trial's delivery of the two programmes. "
         "It has not been externally validated.",
         f"Model selection and evaluation share the same out-of-fold predictions: the learner "
-        f"was chosen among {len(result.candidates)} candidates by out-of-fold DR-loss, and "
+        f"was chosen among {len(result.candidates)} candidates by out-of-fold DR-loss (the "
+        "simplest within one standard error of the lowest), and "
         "the BLP test, AUTOC/Qini and calibration for benefit are computed on that chosen "
         "learner's out-of-fold predictions. The BLP p-value is Bonferroni-adjusted for the "
         "choice; AUTOC/Qini are not, so they are slightly optimistic.",
@@ -477,14 +480,17 @@ def _limitations(result: TrainResult) -> list[str]:
             "predictions that the calibration-for-benefit groups are computed on, so the "
             "groups' agreement with the diagonal is partly by construction."
         )
+    posterior, bootstrap = coverage.POSTERIOR, coverage.BOOTSTRAP
     if result.model.individual_interval:
         items.append(
             f"Benefit intervals ({rule.level:.0%}) are the {learner_class(result.chosen).title}'s "
             "posterior intervals for each patient's own benefit. They rest on its prior and "
             "do not reflect unmeasured moderators or shift between the trial and practice. "
-            "How often they covered simulated patients' true benefit at trial size is "
-            "measured in the recovery study (benchmarks/results/recovery.md): at N = 770 "
-            "somewhat less often than nominal."
+            f"In simulated trials of {posterior.n} patients (recovery study, "
+            f"benchmarks/results/recovery.md) a 90% interval covered the patient's true "
+            f"benefit for {posterior.own:.0%} of patients: less often than nominal, mostly "
+            "for the patients with the largest and smallest benefits, whom its prior shrinks "
+            "towards the average."
         )
     else:
         items += [
@@ -493,8 +499,10 @@ def _limitations(result: TrainResult) -> list[str]:
             "recalibration, where used): they reflect estimation variance, not model "
             "misspecification, unmeasured moderators or shift between the trial and practice. "
             "They are for the average benefit among patients with the same predicted benefit; "
-            "an individual's benefit varies more (in the recovery study at N = 770 a nominal "
-            "90% interval covered the true individual benefit about two times in three).",
+            f"an individual's benefit varies more (in simulated trials of {bootstrap.n} "
+            f"patients, recovery study, a 90% interval covered that average for "
+            f"{bootstrap.group:.0%} of patients but the patient's own benefit for "
+            f"{bootstrap.own:.0%}).",
         ]
     if result.ipcw.method == "complete_case":
         items.append(

@@ -505,7 +505,8 @@ def moderators_figure(result: TrainResult) -> Figure:
 
 
 def candidates_figure(result: TrainResult) -> Figure:
-    """Each candidate learner's out-of-fold DR-loss, the chosen one highlighted."""
+    """Each candidate learner's out-of-fold DR-loss, the chosen one (the one-standard-error
+    rule's) highlighted."""
     pipeline = result.model.pipeline
     items = sorted(result.candidates.items(), key=lambda kv: -_nan_last(kv[1].dr_loss))
     names = [k for k, _ in items]
@@ -519,7 +520,9 @@ def candidates_figure(result: TrainResult) -> Figure:
         color = HIGHLIGHT_COLOR if chosen else NEUTRAL_COLOR
         ax.hlines(i, best, v, color=color, lw=2, alpha=0.5)
         ax.plot(v, i, "o", color=color, ms=10 if chosen else 7)
-        note = "lowest: chosen" if chosen else f"+{v - best:.4f}"
+        note = f"+{v - best:.4f}"
+        if chosen:
+            note = "lowest: chosen" if v == best else f"{note}: chosen, simplest within 1 SE"
         ax.annotate(
             f"{v:.4f} ({note})",
             (v, i),

@@ -8,7 +8,8 @@
 Parts:
 - main: `stamp` and `stamp-null` at N = 770 with the peers (the committed table);
 - continuous: `pipelines/stamp-continuous.yaml` (improvement in BPI severity) at N = 770;
-- curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve).
+- curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve);
+- bcf: `stamp` at N = 770 with `pipelines/stamp-bcf.yaml` (the opt-in `bcf` learner alone).
 
 Each part writes `<prefix>-records.csv` (one row per replication and method),
 `<prefix>-summary.csv`, `<prefix>-diagnosis.json`, plots and `<prefix>.md` under --out, and
@@ -51,6 +52,8 @@ PARTS: dict[str, list[tuple[str, str, tuple[int, ...], str]]] = {
         ("stamp-null", "pipelines/stamp-null-continuous.yaml", (770,), "stamp-null-continuous"),
     ],
     "curve": [("stamp", "pipelines/stamp.yaml", SAMPLE_SIZES, "stamp-curve")],
+    # the opt-in Bayesian Causal Forest as the one learner, against BCF run as a researcher would
+    "bcf": [("stamp", "pipelines/stamp-bcf.yaml", (770,), "stamp-bcf")],
 }
 
 

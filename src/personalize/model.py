@@ -24,6 +24,7 @@ from personalize.data.columns import reading as columns_reading
 from personalize.data.validate import feature_frame, features_of, typed_columns
 from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
+from personalize.stats import coverage
 from personalize.stats.calibration import ArmCalibrator, BenefitCalibration
 from personalize.stats.decision import DecisionRule
 from personalize.stats.prognosis import Prognosis, split_arms
@@ -147,12 +148,7 @@ class PersonalizeModel:
 
     @property
     def interval_covers(self) -> str:
-        if self.individual_interval:
-            return "this patient's own benefit (posterior interval)"
-        return (
-            "the average benefit of patients like this one (bootstrap interval); "
-            "individual patients vary more"
-        )
+        return coverage.covers(self.individual_interval)
 
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
         """Posterior draws of the expected outcome under control and under treatment (rows x

@@ -19,6 +19,7 @@ from personalize.config import Pipeline, load_pipeline
 from personalize.data.simulate import simulate
 from personalize.learners import ARM_DRIVER
 from personalize.report.labels import feature_label
+from personalize.stats import coverage
 
 # the module, not the `figures` function the package exports under the same name
 figures_module = importlib.import_module("personalize.report.figures")
@@ -326,11 +327,14 @@ def test_markdown_card_contents(result: training.TrainResult) -> None:
     assert f"{result.ipcw.effective_sample_size:.0f}" in md
     assert "run-abc123" in md and "| Version | 7 |" in md
     # the limitations say what the interval covers: the patient's own benefit (posterior)
-    # or the average benefit of similar patients (bootstrap)
+    # or the average benefit of similar patients (bootstrap), with how often it covered
+    measured = coverage.measured(result.model.individual_interval)
     if result.model.individual_interval:
         assert "posterior intervals for each patient's own benefit" in md
     else:
-        assert "bootstrap" in md
+        assert "bootstrap" in md and f"covered that average for {measured.group:.0%}" in md
+    assert f"benefit for {measured.own:.0%}" in md
+    assert f"{measured.own:.0%}" in result.model.interval_covers
 
 
 def test_unregistered_card(result: training.TrainResult) -> None:

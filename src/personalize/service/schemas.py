@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from personalize.data.cells import NO_PREFERENCE, categorical_dtype
 from personalize.data.columns import Column
+from personalize.stats import coverage
 
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel
@@ -68,10 +69,13 @@ class Benefit(BaseModel):
     upper: float = Field(description="upper end of the interval")
     level: float = Field(
         description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
-        "in `covers`: with a Bayesian Causal Forest, this patient's own benefit (a posterior "
-        "interval); with a bootstrap learner, the average benefit of patients like this one. "
-        "How often it covered simulated patients' true benefit is measured in "
-        "benchmarks/results/recovery.md and stated in the model card"
+        "in `covers`, with how often it covered in simulated trials of "
+        f"{coverage.POSTERIOR.n} patients (recovery study; also in the model card): with a "
+        "Bayesian Causal Forest, this patient's own benefit (a posterior interval; a 90% "
+        f"interval covered it for {coverage.POSTERIOR.own:.0%} of patients); with a "
+        "bootstrap learner, the average benefit of patients like this one (covered for "
+        f"{coverage.BOOTSTRAP.group:.0%}; the patient's own benefit only for "
+        f"{coverage.BOOTSTRAP.own:.0%})"
     )
     covers: str = Field(description="what the interval is an interval for, in words")
     definition: str = Field(description="e.g. 'MBT minus CBT (positive favours MBT)'")

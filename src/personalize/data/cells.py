@@ -191,14 +191,16 @@ class _Reading:
 
     def _categorical_feature(self, name: str, spec: CategoricalFeature) -> None:
         text = self._text(name)
-        unknown = (text.notna() & ~text.isin(spec.levels)).to_numpy()
+        dtype = categorical_dtype(tuple(spec.levels))
+        # each distinct text is looked up among the levels once, not once per row
+        distinct, texts = pd.factorize(text)  # -1 where blank
+        codes = np.append(dtype.categories.get_indexer(texts), -1)[distinct]
+        unknown = (distinct >= 0) & (codes < 0)
         levels = f"declared levels {spec.levels}"
         reason, found = f"unknown level; {levels}", lambda seen: f"unknown level {seen}; {levels}"
         self._check(name, unknown, reason, found=found)
         # a level not declared is a problem above, so it is missing here
-        self.cells.categories[name] = pd.Categorical(
-            text, dtype=categorical_dtype(tuple(spec.levels))
-        )
+        self.cells.categories[name] = pd.Categorical.from_codes(codes, dtype=dtype)
 
     def _outcome(self, pipeline: Pipeline) -> None:
         out = pipeline.outcome

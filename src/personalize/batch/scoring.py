@@ -158,17 +158,30 @@ class SeenIds:
         # the ids are (almost always) distinct: hashing them one by one is what pandas'
         # categorize step (factorize, hash the uniques, take) costs five times over
         h = pd.util.hash_array(ids.astype(object), categorize=False)
-        unique, first = np.unique(h, return_index=True)
-        dup = np.ones(len(h), dtype=bool)
-        dup[first] = False
-        for run in self.runs:
-            pos = np.searchsorted(run, h)
-            dup |= run[np.minimum(pos, len(run) - 1)] == h
-        self.runs.append(unique)
+        order = np.argsort(h, kind="stable")  # equal fingerprints: the earliest row first
+        ordered = h[order]
+        first = np.ones(len(h), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        seen = ~first
+        for run in self.runs:  # sorted keys: searched in one cache-friendly sweep
+            pos = np.searchsorted(run, ordered)
+            seen |= run[np.minimum(pos, len(run) - 1)] == ordered
+        dup = np.empty(len(h), dtype=bool)
+        dup[order] = seen
+        self.runs.append(ordered[first])
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]) // 2:
-            merged = np.union1d(self.runs.pop(), self.runs.pop())
-            self.runs.append(merged)
+            self.runs.append(_union(self.runs.pop(), self.runs.pop()))
         return dup
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of two sorted runs: a stable sort of the two runs
+    side by side merges them in linear time (np.union1d sorts from scratch)."""
+    merged = np.concatenate([a, b])
+    merged.sort(kind="stable")
+    keep = np.ones(len(merged), dtype=bool)
+    keep[1:] = merged[1:] != merged[:-1]
+    return merged[keep]
 
 
 @dataclass

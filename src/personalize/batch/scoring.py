@@ -889,13 +889,15 @@ def score_file(
             reasons: Counter[str] = Counter()
             rows_read = 0
             bar = _progress(source, progress, stack)
+            # the next chunk is read while this one is scored (closed before the source)
+            reading = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="scorer-read"))
+            chunks = _ahead(_chunks(_read(source, source_path), chunk_size), reading)
             # a chunk's files are written (Arrow encodes and compresses without the GIL)
             # while the next one is scored, in input order, one chunk in flight at most;
             # leaving the block waits for that write, so nothing is discarded under it
             with ThreadPoolExecutor(1, thread_name_prefix="scorer-write") as background:
                 writing: Future[None] | None = None
-                for chunk in _chunks(_read(source, source_path), chunk_size):
-                    raw = chunk.to_pandas(use_threads=False)  # no Arrow worker runs Python
+                for chunk, raw in chunks:
                     rows = np.arange(rows_read + 1, rows_read + chunk.num_rows + 1)
                     rows_read += chunk.num_rows
                     done = score_frame(
@@ -969,6 +971,23 @@ def score_file(
         model_version,
     )
     return summary
+
+
+def _ahead(
+    chunks: Iterator[pa.Table], pool: ThreadPoolExecutor
+) -> Iterator[tuple[pa.Table, pd.DataFrame]]:
+    """Each chunk with its frame, the next one read and converted on `pool` (one Python
+    thread: the reader's own threads stay off, so no Arrow worker runs Python code) while
+    the caller scores this one. A reading error is raised here, in order."""
+
+    def step() -> tuple[pa.Table, pd.DataFrame] | None:
+        chunk = next(chunks, None)
+        return None if chunk is None else (chunk, chunk.to_pandas(use_threads=False))
+
+    pending = pool.submit(step)
+    while (item := pending.result()) is not None:
+        pending = pool.submit(step)
+        yield item
 
 
 def _write_chunk(out: _Writer, rej: _Writer, done: ScoredChunk) -> None:

@@ -1,5 +1,5 @@
-"""The decision rule: recommendations need evidence, and never go against a stated
-preference on the average effect alone."""
+"""The decision rule: recommendations need evidence of heterogeneity; the average effect
+alone recommends nobody (and so never goes against a stated preference)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,22 @@ UPPER = np.full(4, 0.3)
 PREFERENCE = np.array(["MBT", "CBT", "none", np.nan], dtype=object)
 
 
-def test_average_effect_alone_never_overrules_a_stated_preference() -> None:
+def test_the_average_effect_alone_recommends_nobody_but_names_the_better_bet() -> None:
+    """Without detected heterogeneity a false average effect must not send patients to an
+    arm (on a null trial it would send everyone without a contrary preference); the
+    rationale says which arm the average favours, and for whom that is the better bet."""
     rec, why = rule(evidence=True, heterogeneity=False).decide(BENEFIT, LOWER, UPPER, PREFERENCE)
-    # preferring MBT, no preference, missing preference: MBT; preferring CBT: either
-    assert list(rec) == ["MBT", EITHER, "MBT", "MBT"]
-    assert why[1].startswith(NO_DIFFERENCE)
-    assert "average effect favours MBT" in why[1] and "stated preference: CBT" in why[1]
+    assert list(rec) == [EITHER] * 4
+    assert all(w.startswith(NO_DIFFERENCE) and "average effect favours MBT by 20" in w for w in why)
+    assert why[0].endswith("stated preference: MBT)") and why[1].endswith("preference: CBT)")
+    assert why[2].endswith("without a preference, MBT is the better choice on average)")
+    assert why[3] == why[2]  # a missing preference is no preference
 
 
 def test_the_same_holds_for_the_control_arm() -> None:
-    rec, _ = rule(evidence=True).decide(-BENEFIT, -UPPER, -LOWER, PREFERENCE)
-    assert list(rec) == [EITHER, "CBT", "CBT", "CBT"]
+    rec, why = rule(evidence=True).decide(-BENEFIT, -UPPER, -LOWER, PREFERENCE)
+    assert list(rec) == [EITHER] * 4
+    assert "average effect favours CBT" in why[2] and "CBT is the better choice" in why[2]
 
 
 def test_detected_heterogeneity_may_go_against_a_preference() -> None:

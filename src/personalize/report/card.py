@@ -281,9 +281,10 @@ def model_card_dict(
         "margin_display": margin_text,
         "share_either_training": result.share_either,
         "description": (
-            f"Recommend {treatment} only when (1) the trial evidence passes (heterogeneity "
-            f"detected by the BLP test at alpha = {rule.alpha:g} after adjusting for the "
-            f"choice among learners, or the average effect is reliably non-zero), (2) the "
+            f"Recommend {treatment} only when (1) heterogeneity is detected by the BLP test "
+            f"at alpha = {rule.alpha:g} after adjusting for the choice among learners (an "
+            "average effect alone recommends nobody: the rationale names the arm it "
+            "favours), (2) the "
             f"patient's {rule.level:.0%} interval for the "
             f"benefit ({treatment} minus {control}) lies entirely above zero, and (3) the "
             f"predicted benefit is at least {margin_text}; recommend {control} in the "
@@ -294,7 +295,7 @@ def model_card_dict(
         "evidence_status": (
             f"Evidence {'passed' if rule.evidence else 'did not pass'}: "
             f"{rule.evidence_reason}."
-            + ("" if rule.evidence else " Every patient therefore gets 'either'.")
+            + ("" if rule.heterogeneity else " Every patient therefore gets 'either'.")
         ),
     }
 
@@ -534,7 +535,13 @@ def _limitations(result: TrainResult) -> list[str]:
                 f"Expected calibration error for {arm} ({cal.ece:.3f}) exceeds the "
                 f"promotion gate ({pipeline.gates.max_ece:g})."
             )
-    if not rule.evidence:
+    if rule.evidence and not rule.heterogeneity:
+        items.append(
+            f"The average effect is reliably non-zero but no heterogeneity was detected "
+            f"({rule.evidence_reason}): the model recommends 'either' for every patient, and "
+            "its rationale names the arm the average favours."
+        )
+    elif not rule.evidence:
         items.append(
             f"The trial data show no reliable difference between {treatment} and "
             f"{control} ({rule.evidence_reason}); the model recommends 'either' "

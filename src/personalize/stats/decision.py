@@ -25,8 +25,8 @@ class DecisionRule:
     evidence: bool  # heterogeneity detected, or the average effect reliably non-zero
     evidence_reason: str
     binary: bool
-    # heterogeneity detected: only then may a recommendation go against a stated preference
-    # (an average effect says nothing about whether this patient is an exception)
+    # heterogeneity detected: only then is an arm recommended (an average effect says
+    # nothing about whether this patient is an exception)
     heterogeneity: bool = False
     individual: bool = False  # the interval covers the patient's own benefit (posterior)
 
@@ -53,29 +53,34 @@ class DecisionRule:
         rec[favour_t] = self.treatment
         rec[favour_c] = self.control
         stated = self._stated(preference, n)
-        overruled = np.zeros(n, dtype=bool)
-        if not self.heterogeneity:  # never against a stated preference on the average alone
-            chosen = rec != EITHER
-            overruled = chosen & np.isin(stated, [self.treatment, self.control]) & (rec != stated)
-            rec[overruled] = EITHER
+        # Without detected heterogeneity only the average effect speaks, and it says nothing
+        # about this patient: no recommendation (a false average effect would otherwise send
+        # every patient without a contrary preference to one arm). The rationale names the
+        # arm the average favours, the better bet for a patient without a preference.
+        average_only = np.zeros(n, dtype=bool)
+        favoured = np.where(favour_t, self.treatment, self.control)
+        if not self.heterogeneity:
+            average_only = rec != EITHER
+            rec[average_only] = EITHER
         pct = f"{self.level:.0%}"
         what = "chance of response" if self.binary else "improvement"
         for i in range(n):
-            if overruled[i]:
-                favoured = self.control if stated[i] == self.treatment else self.treatment
+            if average_only[i]:
+                if stated[i]:
+                    tail = f"stated preference: {stated[i]}"
+                else:
+                    tail = f"without a preference, {favoured[i]} is the better choice on average"
                 why[i] = (
-                    f"{NO_DIFFERENCE} (the average effect favours {favoured}, but no "
-                    f"heterogeneity was detected to say this patient is not an exception; "
-                    f"stated preference: {stated[i]})"
+                    f"{NO_DIFFERENCE} (the average effect favours {favoured[i]} by "
+                    f"{self._amount(benefit[i])}, but no heterogeneity was detected to say how "
+                    f"this patient differs; {tail})"
                 )
             elif rec[i] == EITHER:
                 reason = NO_DIFFERENCE
                 if not self.evidence:
                     reason += " (the trial data show no reliable difference between arms)"
                 elif lower[i] <= 0 <= upper[i]:
-                    reason += (
-                        f" (the {pct} interval for {self._whom} includes no difference)"
-                    )
+                    reason += f" (the {pct} interval for {self._whom} includes no difference)"
                 else:
                     reason += (
                         f" (the expected difference is below the "

@@ -24,7 +24,7 @@ class MeasuredCoverage:
 
 # Nominal 90% intervals, `stamp` scenario, medians over replications (recovery study).
 POSTERIOR = MeasuredCoverage(own=0.80, group=1.00, width=0.33, n=770, replications=10)
-BOOTSTRAP = MeasuredCoverage(own=0.67, group=0.98, width=0.22, n=770, replications=10)
+BOOTSTRAP = MeasuredCoverage(own=0.56, group=1.00, width=0.21, n=770, replications=10)
 
 
 def measured(individual: bool) -> MeasuredCoverage:

@@ -1,6 +1,7 @@
 """Batch scoring benchmark: one run, one machine, the same registered models.
 
     .venv/bin/python benchmarks/score.py [--rows 1000000] [--small 200000] [--repeat 3]
+        [--models t,x,default,effect_linear,risk_linear]
 
 1. Trains and registers demo models (SYNTHETIC STAMP cohort, 770 patients) in a temporary
    MLflow store: a T-learner and an X-learner over LightGBM (forced with
@@ -232,7 +233,10 @@ def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[str, s
         "",
         f"Models: SYNTHETIC STAMP cohort, 770 patients (seed {SEED}), 50 bootstrap members; "
         "each learner forced with training.learners; `default` is what training chose among "
-        "all candidates (on seed 1 it chooses effect_linear, hence that row too).",
+        "all candidates (on seed 1 it chooses effect_linear, hence that row too). Benefit "
+        "slope (calibration for benefit) per model: "
+        + ", ".join(f"{key} {res['benefit_slope']:.2f}" for key, res in results.items())
+        + "; with a slope of 0 the interval does not evaluate the bootstrap members.",
         "",
         "## End to end: Parquet in, Parquet out, intervals + top-3 drivers",
         "",
@@ -310,8 +314,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--models",
-        default="t,x,default,effect_linear",
-        help="comma-separated learners (t, x, s, dr, effect_linear, ...) or default",
+        default="t,x,default,effect_linear,risk_linear",
+        help="comma-separated learners (t, x, s, dr, effect_linear, risk_linear, ...) or default",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -327,7 +331,10 @@ def main() -> None:
             if not large.exists():
                 referral_list(resolved.model, args.rows, large, seed=1000)
                 referral_list(resolved.model, args.small, small, seed=5000)
-            res: dict[str, Any] = {"learner": resolved.model.info.learner}
+            res: dict[str, Any] = {
+                "learner": resolved.model.info.learner,
+                "benefit_slope": resolved.model.benefit_calibration.slope,
+            }
             res["large"] = end_to_end(resolved, uri, large, work, args.repeat)
             print(f"  {key} {args.rows} rows: {res['large']}", flush=True)
             if key == args.models.split(",")[0]:

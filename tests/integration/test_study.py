@@ -190,6 +190,8 @@ def test_stamp_null_stays_quiet(null: StudyResult, stamp: StudyResult) -> None:
     r = ours(null)
     assert r["het_reject"].mean() <= 0.5
     assert r["share_either"].median() >= 0.9
+    # without detected heterogeneity nobody gets an arm, whatever the average-effect test says
+    assert (r.loc[r["het_reject"] == 0, "share_either"] == 1.0).all()
     # nothing to personalize: the predicted benefit is nearly flat (its level is the
     # average-effect estimate, off by sampling error at N = 400)
     assert r["sd_pred"].median() < 0.35 * ours(stamp)["sd_true"].median()

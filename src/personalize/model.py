@@ -249,7 +249,7 @@ class PersonalizeModel:
         through each arm's calibration map by the rescale rule, scaled by the benefit
         slope, and rescaled once more where a probability had to be clipped to [0, 1].
         `arms`: `self.arms(X)` when the caller has it already."""
-        raw = self.learner.contributions(X)
+        raw = self.learner.contributions(X, **({"arms": arms} if self.learner.posterior else {}))
         if self.calibrators is not None:
             mu0 = raw.base0 + raw.phi0.sum(axis=1)
             mu1 = raw.base1 + raw.phi1.sum(axis=1)

@@ -111,6 +111,17 @@ def test_contributions_explain_the_arms_exactly(fitted) -> None:
     assert benefit_phi["mod"] > benefit_phi["noise"]  # the true moderator drives the benefit
 
 
+def test_contributions_take_the_arms_the_caller_has(fitted) -> None:
+    """Given its own arms, the learner does not draw them again: the same numbers."""
+    learner, _ = fitted
+    X_new = trial(300, 5)[0]
+    c = learner.contributions(X_new)
+    given = learner.contributions(X_new, arms=learner.predict_arms(X_new))
+    assert given.names == c.names
+    for name in ("base0", "phi0", "base1", "phi1"):
+        assert np.array_equal(getattr(given, name), getattr(c, name)), name
+
+
 def test_posterior_intervals_cover_the_true_benefit() -> None:
     X, t, y, _ = trial(1500, 6)
     learner = BCFLearner("binary", seed=1).fit(X, t, y, np.ones(len(y)))
@@ -205,3 +216,46 @@ def test_shared_shapes_give_the_per_tree_sums() -> None:
     assert "shared_" in old.__dict__  # kept with the model
     del old.__dict__["shared_"]  # as pickled before: built when first needed
     assert np.array_equal(old.sums(X), whole)
+
+
+def test_path_attributions_equal_the_walk() -> None:
+    """Roots looked up in their step functions and deeper splits walked in blocks give the
+    attributions of walking every row down every tree (up to the order of the additions),
+    for single leaves, stumps, one split below the root on either side and deeper trees,
+    rows on the split thresholds, just above them and missing; for any rows and threads,
+    also for a model pickled before the step functions were kept."""
+    rng = np.random.default_rng(1)
+    grid, features, trees, draws = np.round(np.linspace(-1, 1, 9), 2), 5, 40, 6
+    container: dict = {"num_trees": trees}
+    for d in range(draws):
+        container[f"forest_{d}"] = {
+            f"tree_{t}": random_tree(rng, grid, features - 1, int(rng.integers(5)))
+            for t in range(trees)  # the last column never splits (as the propensity)
+        }
+    X = rng.choice(grid, size=(3000, features)) + rng.choice([0.0, 1e-9, 0.01], (3000, features))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    merged = TreeArrays.from_json(container, np.arange(draws), X[:300]).merged()
+    size = np.diff(np.append(merged.start, len(merged.feature)))
+    assert {1, 3, 5, 7} <= set(size.tolist())
+    below = merged.start[size == 5] + 1  # the split under the root: on its left, or right
+    assert len(set((merged.feature[below] >= 0).tolist())) == 2
+    for scale in (1.0, 0.37):
+        old, old_base = merged.attributions_by_tree(X, scale)
+        new, base = merged.attributions(X, scale)
+        assert base == old_base
+        np.testing.assert_allclose(new, old, rtol=1e-12, atol=1e-14)
+        assert np.all(new[:, -1] == 0)
+    whole = merged.attributions(X, 0.37)[0]
+    for a, b in ((0, 1), (1000, 2049), (2999, 3000)):
+        assert np.array_equal(merged.attributions(X[a:b], 0.37)[0], whole[a:b])
+    before = fast_trees.threads()
+    try:
+        fast_trees.set_threads(3)
+        big = np.tile(X, (5, 1))  # enough rows for the threads
+        assert np.array_equal(merged.attributions(big, 0.37)[0], np.tile(whole, (5, 1)))
+    finally:
+        fast_trees.set_threads(before)
+    old_model = pickle.loads(pickle.dumps(merged))
+    assert "root_steps_" in old_model.__dict__  # kept with the model
+    del old_model.__dict__["root_steps_"]  # as pickled before: built when first needed
+    assert np.array_equal(old_model.attributions(X, 0.37)[0], whole)

@@ -19,7 +19,7 @@ from scipy.special import ndtri
 from personalize import fast_trees
 from personalize.config import CategoricalFeature, NumericFeature, Pipeline
 from personalize.data.cells import NO_PREFERENCE
-from personalize.data.columns import Column, columns
+from personalize.data.columns import Column, columns, shared
 from personalize.data.columns import reading as columns_reading
 from personalize.data.validate import feature_frame, features_of, typed_columns
 from personalize.learners import ARM_DRIVER, EffectLearner
@@ -121,9 +121,15 @@ class PersonalizeModel:
         return self.calibrators[0].transform(mu0), self.calibrators[1].transform(mu1)
 
     def _raw_benefit(self, learner: EffectLearner, X: pd.DataFrame) -> np.ndarray:
-        """Difference of the per-arm calibrated outcomes, before calibration for benefit."""
-        p0, p1 = self._calibrate(*learner.predict_arms(X))
-        return p1 - p0
+        """Difference of the per-arm calibrated outcomes, before calibration for benefit
+        (computed once per learner within `reading(X)`: the arms and the interval both
+        read the learner's)."""
+
+        def compute() -> np.ndarray:
+            p0, p1 = self._calibrate(*learner.predict_arms(X))
+            return p1 - p0
+
+        return shared(X, ("raw-benefit", id(learner)), compute)
 
     def _member_benefits(self, X: pd.DataFrame) -> np.ndarray:
         """`_raw_benefit` of every bootstrap member (rows x members), calibrated in one

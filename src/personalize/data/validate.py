@@ -9,8 +9,10 @@ ids, patients and observed outcomes per arm, responders and non-responders per a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -277,16 +279,28 @@ def typed_columns(frame: pd.DataFrame, pipeline: Pipeline) -> dict[str, Column]:
 
 
 def features_of(cols: dict[str, Column], pipeline: Pipeline) -> pd.DataFrame:
-    """The feature frame of `typed_columns`' output."""
-    data: dict[str, object] = {}
-    for name, col in cols.items():
+    """The feature frame of `typed_columns`' output. Built from its arrays as they are
+    (float64 values, categoricals over the declared levels), without `pd.DataFrame`'s
+    checks and conversions of a dict: those were most of a one-patient answer's frame."""
+    if not cols:
+        return pd.DataFrame({}, index=pd.RangeIndex(0))
+    arrays: list[Any] = []
+    for col in cols.values():
         if col.levels is None:
-            data[name] = col.values
+            arrays.append(np.asarray(col.values, dtype=np.float64))
         else:
             dtype = categorical_dtype(tuple(col.levels))
-            data[name] = pd.Categorical.from_codes(col.codes, dtype=dtype)
-    n = len(next(iter(cols.values())).values) if cols else 0
-    return pd.DataFrame(data, index=pd.RangeIndex(n))
+            arrays.append(pd.Categorical.from_codes(col.codes, dtype=dtype))
+    n = len(next(iter(cols.values())).values)
+    return pd.DataFrame._from_arrays(  # type: ignore[attr-defined]
+        arrays, _column_index(tuple(cols)), pd.RangeIndex(n), verify_integrity=False
+    )
+
+
+@functools.cache
+def _column_index(names: tuple[str, ...]) -> pd.Index:
+    """One columns index per set of feature names (an Index is immutable: frames share it)."""
+    return pd.Index(list(names))
 
 
 def prepare(frame: pd.DataFrame, pipeline: Pipeline) -> Cohort:

@@ -145,6 +145,10 @@ class CdsFeedback(Base):
     outcome_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
+# built once: SQLAlchemy computes a new statement's cache key on every execution
+_INSERT_AUDIT = insert(AuditRecord)
+
+
 @dataclass(frozen=True)
 class FeedbackEntry:
     card: str
@@ -333,9 +337,7 @@ class Database:
         # one Core INSERT in one transaction: ORM objects cost more than the write itself
         try:
             with self.engine.begin() as connection:
-                connection.execute(
-                    insert(AuditRecord), [row for request in rows for row in request]
-                )
+                connection.execute(_INSERT_AUDIT, [row for request in rows for row in request])
         except SQLAlchemyError as exc:
             self.availability.failed(exc)
             raise

@@ -11,7 +11,8 @@ keep them. Only the page's and the documentation's static assets may be cached.
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
+import functools
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PAGE_ASSETS = "/page/"
@@ -47,6 +48,16 @@ def cacheable(path: str) -> bool:
     return path.startswith((PAGE_ASSETS, DOCS_ASSETS))
 
 
+@functools.cache
+def _raw(csp: str, no_store: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers a response gets, as raw (name, value) pairs in order (encoded once per
+    kind of response)."""
+    added = [*COMMON, ("content-security-policy", csp)]
+    if no_store:
+        added.append(("cache-control", "no-store"))
+    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in added)
+
+
 class SecurityHeadersMiddleware:
     """Adds the headers to every response that passes through it, errors included (a 413
     of the body limit, a 422, a 401); a header a route set itself is left as it is."""
@@ -59,15 +70,14 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        added = [*COMMON, ("content-security-policy", policy(path))]
-        if not cacheable(path):
-            added.append(("cache-control", "no-store"))
+        added = _raw(policy(path), not cacheable(path))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in added:
-                    headers.setdefault(name, value)
+                # what starlette's MutableHeaders.setdefault does for each, in one pass
+                raw = message["headers"] = list(message["headers"])
+                present = {name for name, _ in raw}
+                raw += [(name, value) for name, value in added if name not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -52,6 +52,9 @@ MODEL_LOADED = Gauge(
 )
 
 
+MAX_LABEL_SETS = 1024  # (method, route, status) children the middleware keeps at hand
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -93,6 +96,8 @@ class MetricsMiddleware:
         self.app = app
         self._routes = routes
         self._static: dict[str, str] | None = None
+        # each label set's two children, looked up once (`labels` validates and locks)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _template(self, scope: Scope) -> str:
         route: Any = scope.get("route")
@@ -129,6 +134,12 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            labels = (scope["method"], self._template(scope), str(status[0]))
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            labels = (scope["method"], self._template(scope), status[0])
+            children = self._children.get(labels)
+            if children is None:
+                str_labels = (labels[0], labels[1], str(labels[2]))
+                children = REQUESTS.labels(*str_labels), LATENCY.labels(*str_labels)
+                if len(self._children) < MAX_LABEL_SETS:
+                    self._children[labels] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)

@@ -151,15 +151,16 @@ async def recommend(
     rows = await scorer.submit(loaded, Ask(patients, refs, channel, principal.key_id))
     recs = [str(row["recommendation"]) for row in rows]
     metrics.count_predictions(recs, channel)
-    log.info(
-        "recommended channel=%s key=%s model=%s/%s patients=%d recommendations=%s",
-        channel,
-        principal.key_id,
-        loaded.name,
-        loaded.version,
-        len(rows),
-        ",".join(sorted(set(recs))),
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "recommended channel=%s key=%s model=%s/%s patients=%d recommendations=%s",
+            channel,
+            principal.key_id,
+            loaded.name,
+            loaded.version,
+            len(rows),
+            ",".join(sorted(set(recs))),
+        )
     return [
         recommendation_from_row(
             row,

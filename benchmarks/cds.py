@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cds.py [--requests 300] [--rounds 3]
 
-Trains and promotes the demo model (SYNTHETIC STAMP cohort, 770 patients, seed 7) in a
+Trains and promotes the demo model (SYNTHETIC STAMP cohort, 770 patients, seed 9) in a
 temporary MLflow store, registers a CDS client whose JWK Set is a local file, and starts one
 `personalize serve` worker. Then, one request at a time on a keep-alive connection (the
 minimal client of benchmarks/serve.py, request bytes built before timing, every JWT signed
@@ -101,7 +101,7 @@ def main() -> None:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
     print("training the demo model ...", flush=True)
-    registry.train(spec, simulate("stamp", 770, 7).cohort, uri)
+    registry.train(spec, simulate("stamp", 770, 9).cohort, uri)
     name = spec.registry.model_name
     registry.promote(name, "candidate", uri)
     database_url = f"sqlite:///{tmp / 'service.db'}"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serve.py [--requests 400] [--warmup 30] [--concurrency 1,8,32]
                                          [--workers 2] [--rounds 3]
 
-1. Trains and promotes a demo model (SYNTHETIC STAMP cohort, 770 patients, seed 7) in a
+1. Trains and promotes a demo model (SYNTHETIC STAMP cohort, 770 patients, seed 9) in a
    temporary MLflow store, and creates a clinician key in a temporary audit database.
 2. Starts, on loopback with `--workers N` uvicorn worker processes each (default 2: the
    machine has 2 cores), `personalize serve` (models:/NAME@champion) and `mlflow models serve`
@@ -388,7 +388,7 @@ def main() -> None:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
         print("training the demo model ...", flush=True)
-        reg = registry.train(spec, simulate("stamp", 770, 7).cohort, uri)
+        reg = registry.train(spec, simulate("stamp", 770, 9).cohort, uri)
         name = spec.registry.model_name
         version, _checks = registry.promote(name, "candidate", uri)
         print(f"registered {name}/{version} (learner {reg.summary.get('learner')})", flush=True)
@@ -545,7 +545,7 @@ def main() -> None:
         f"generator competes with the servers for CPU, so the figures are pessimistic).",
         "",
         f"Model: {name}/{version} (learner `{reg.summary.get('learner')}`), SYNTHETIC STAMP "
-        f"cohort (770 patients, seed 7). Requests: one patient each, rotating over 200 "
+        f"cohort (770 patients, seed 9). Requests: one patient each, rotating over 200 "
         f"simulated patients; {args.warmup} warm-up then {args.requests} timed requests per "
         f"level; {workers} uvicorn worker process{'es' if workers != 1 else ''} per server "
         f"(`--workers {workers}` for both).",

@@ -218,6 +218,7 @@ class LinearLearner(EffectLearner):
     interactions = True
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
+        self.__dict__.pop("arm_weights_", None)  # a refit has other weights
         self.design_ = LinearDesign().fit(X, weight)
         Z = self.design_.transform(X)
         a = treated.astype(float)[:, None]
@@ -254,9 +255,14 @@ class LinearLearner(EffectLearner):
         return ArmContributions([*X.columns, ARM_DRIVER], b0, p0, b1, p1)
 
     def _arm_weights(self, arm: int) -> tuple[np.ndarray, float]:
-        """The arm's linear predictor as weights on `LinearDesign.raw_matrix` and a constant."""
-        w, c = self.design_.raw_weights(self.beta_ + arm * self.delta_)
-        return w, c + self.intercept_ + arm * self.gamma_
+        """The arm's linear predictor as weights on `LinearDesign.raw_matrix` and a constant.
+        Fixed once fitted, so computed once per arm: one patient's answer asks for every
+        bootstrap member's weights, which otherwise cost more than the prediction."""
+        cache: dict[int, tuple[np.ndarray, float]] = self.__dict__.setdefault("arm_weights_", {})
+        if arm not in cache:
+            w, c = self.design_.raw_weights(self.beta_ + arm * self.delta_)
+            cache[arm] = (w, c + self.intercept_ + arm * self.gamma_)
+        return cache[arm]
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         mu0, mu1 = type(self).arms_of([self], X)

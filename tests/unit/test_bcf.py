@@ -111,6 +111,29 @@ def test_contributions_explain_the_arms_exactly(fitted) -> None:
     assert benefit_phi["mod"] > benefit_phi["noise"]  # the true moderator drives the benefit
 
 
+def test_contributions_stay_on_the_probability_scale(fitted) -> None:
+    """Each row's drivers are at most 0.4 (Phi's steepest slope) times its latent path
+    terms plus the posterior's Jensen gap, also where the latent terms nearly cancel: a
+    plain rescale onto the posterior mean of Phi blew such rows' drivers up to hundreds."""
+    learner, _ = fitted
+    X_new = trial(3000, 6)[0]
+    c = learner.contributions(X_new)
+    Z = learner._matrix(X_new)
+    scale = learner.y_std_ / learner.mu_.draws
+    phi_c, base_c = learner.mu_mean_.attributions(Z, scale)
+    phi_e, base_e = learner.tau_mean_.attributions(Z, scale)
+    control = learner.y_bar_ + base_c + phi_c.sum(axis=1)  # the posterior-mean latent values
+    treated = control + learner.tau_0_.mean() + base_e + phi_e.sum(axis=1)
+    mu0, mu1 = learner.predict_arms(X_new)
+    for phi, latent, mean, terms in (
+        (c.phi0, control, mu0, np.abs(phi_c)),
+        (c.phi1, treated, mu1, np.abs(phi_c + phi_e)),
+    ):
+        bound = 0.4 * terms.sum(axis=1) + np.abs(mean - ndtr(latent)) + 1e-12
+        assert (np.abs(phi).sum(axis=1) <= bound).all()
+    assert np.abs(np.concatenate([c.phi0, c.phi1])).max() < 0.5
+
+
 def test_contributions_take_the_arms_the_caller_has(fitted) -> None:
     """Given its own arms, the learner does not draw them again: the same numbers."""
     learner, _ = fitted

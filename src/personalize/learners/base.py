@@ -65,12 +65,17 @@ def rescale(phi: np.ndarray, target: np.ndarray) -> np.ndarray:
     out = np.empty_like(phi)
     out[ok] = phi[ok] * (target[ok] / total[ok])[:, None]
     if (~ok).any():
-        rest = phi[~ok]
-        mass = np.abs(rest)
-        norm = mass.sum(axis=1, keepdims=True)
-        share = np.where(norm > 0, mass / np.where(norm > 0, norm, 1), 1.0 / phi.shape[1])
-        out[~ok] = rest + share * (target[~ok] - rest.sum(axis=1))[:, None]
+        out[~ok] = spread(phi[~ok], target[~ok] - total[~ok])
     return out
+
+
+def spread(phi: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Add `extra` to each row's contributions in proportion to their size |phi| (evenly
+    where all are 0): the sum grows by exactly `extra` and no share exceeds it."""
+    mass = np.abs(phi)
+    norm = mass.sum(axis=1, keepdims=True)
+    share = np.where(norm > 0, mass / np.where(norm > 0, norm, 1), 1.0 / phi.shape[1])
+    return phi + share * extra[:, None]
 
 
 class EffectLearner(ABC):

@@ -14,10 +14,10 @@ every draw that has it (`SharedShapes`).
 
 Drivers are path attributions of the posterior-mean forests (Saabas): along each patient's
 path every split's change in the expected leaf value goes to its feature, so they add up
-exactly to the patient's latent value, and the rescale rule carries them to the
-probability scale as for the other learners. A root split's term depends on its own
-feature alone, so each feature's root terms form one step function, looked up once per
-row (`RootSteps`); only the splits below the roots are walked.
+exactly to the patient's latent value; the rescale rule carries them to Phi of it, and
+the posterior mean of Phi's small difference from that is shared in proportion. A root
+split's term depends on its own feature alone, so each feature's root terms form one step
+function, looked up once per row (`RootSteps`); only the splits below the roots are walked.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ from scipy.special import ndtr
 
 from personalize import fast_trees
 from personalize.data.columns import columns
-from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, Kind, rescale
+from personalize.learners.base import (
+    ARM_DRIVER,
+    ArmContributions,
+    EffectLearner,
+    Kind,
+    rescale,
+    spread,
+)
 
 
 @dataclass(frozen=True)
@@ -681,11 +688,16 @@ class BCFLearner(EffectLearner):
         mu0, mu1 = self.predict_arms(X) if arms is None else arms
         b0, b1 = np.full(len(X), base_c), np.full(len(X), base_c + base_e)
         if self.kind == "binary":
+            # The latent contributions add up to the posterior-mean latent value; carried
+            # to Phi of it, each keeps its share (a secant of Phi: at most 0.4 x its latent
+            # size). The posterior mean of Phi differs from Phi of the mean latent by the
+            # posterior spread's small Jensen gap, which is spread in proportion, not
+            # rescaled: rescaling onto a target whose latent change is near 0 would blow a
+            # row's contributions up to hundreds while they still add up.
+            at0, at1 = ndtr(b0 + phi0.sum(axis=1)), ndtr(b1 + phi1.sum(axis=1))
             b0, b1 = ndtr(b0), ndtr(b1)
-        return ArmContributions(
-            [*self.design_.features_, ARM_DRIVER],
-            b0,
-            rescale(phi0, mu0 - b0),
-            b1,
-            rescale(phi1, mu1 - b1),
-        )
+            phi0 = spread(rescale(phi0, at0 - b0), mu0 - at0)
+            phi1 = spread(rescale(phi1, at1 - b1), mu1 - at1)
+        else:  # the identity link: the posterior mean is the latent mean
+            phi0, phi1 = rescale(phi0, mu0 - b0), rescale(phi1, mu1 - b1)
+        return ArmContributions([*self.design_.features_, ARM_DRIVER], b0, phi0, b1, phi1)

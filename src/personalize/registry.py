@@ -129,8 +129,10 @@ def learner_params(learner: Any, name: str) -> dict[str, str]:
     LightGBM parameters (learners keep configuration in plain attributes)."""
     out = {"learner/name": name}
     for key, value in vars(learner).items():
-        if not key.startswith("_") and not key.endswith("_") and isinstance(
-            value, str | int | float | bool
+        if (
+            not key.startswith("_")
+            and not key.endswith("_")
+            and isinstance(value, str | int | float | bool)
         ):
             out[f"learner/{key}"] = str(value)
     boosters = learner.boosters()

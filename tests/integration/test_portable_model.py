@@ -179,9 +179,7 @@ def test_spark_udf_scores_a_spark_frame_as_the_scorer(
         )
         sdf = spark.createDataFrame(frame)
         named = struct(*frame.columns)  # by name: the input's order is not the signature's
-        out = sdf.withColumn("scored", udf(named)).select(
-            "participant_id", "scored.*"
-        )
+        out = sdf.withColumn("scored", udf(named)).select("participant_id", "scored.*")
         got = out.toPandas().set_index("participant_id").loc[frame["participant_id"]]
     finally:
         spark.stop()

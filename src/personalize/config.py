@@ -6,6 +6,7 @@ reads the cohort through this model, so nothing is hard-wired to one trial.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -167,11 +168,35 @@ class Decision(Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
+SLOPE_Z = 1.96  # the slope gate's 95% confidence interval
+
+
 class Gates(Strict):
-    """Conditions a version must meet before `promote` moves `champion` to it."""
+    """Conditions a version must meet before `promote` moves `champion` to it.
+
+    Each arm's out-of-fold calibration slope fails only when the data show it is outside
+    `calibration_slope`: when its 95% confidence interval lies wholly outside the band. With
+    a hundred responders per arm the slope's standard error is 0.3 to 2 where predictions
+    vary little, and the point estimate alone refused sound models by chance."""
 
     calibration_slope: tuple[float, float] = (0.7, 1.3)
     max_ece: float = 0.10
+
+    def slope_passes(self, slope: float, se: float) -> bool:
+        """Whether the band admits an arm's slope, given its standard error (NaN: none
+        recorded, the point estimate alone is judged)."""
+        lo, hi = self.calibration_slope
+        half = 0.0 if math.isnan(se) else SLOPE_Z * se
+        return math.isfinite(slope) and slope + half >= lo and slope - half <= hi
+
+    def slope_rule(self, arm: str, slope: float, se: float) -> str:
+        """The check as the promotion report and the model card state it."""
+        lo, hi = self.calibration_slope
+        shown = f"{slope:.2f}"
+        if not math.isnan(se):
+            shown += f" (95% CI {slope - SLOPE_Z * se:.2f} to {slope + SLOPE_Z * se:.2f})"
+        verb = "reaches" if self.slope_passes(slope, se) else "lies outside"
+        return f"calibration slope {arm} = {shown} {verb} [{lo:g}, {hi:g}]"
 
 
 class Registry(Strict):

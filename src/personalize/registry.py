@@ -476,6 +476,7 @@ def _gate_metrics(result: Any) -> dict[str, float]:
     out = {}
     for arm, cal in result.calibration.items():
         out[f"gate.calibration_slope.{arm}"] = cal.slope
+        out[f"gate.calibration_slope_se.{arm}"] = cal.slope_se
         if cal.ece is not None:
             out[f"gate.ece.{arm}"] = cal.ece
     return out
@@ -596,17 +597,19 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
             f"{name}/{version}: its training run has no readable pipeline.json to check gates "
             "against"
         ) from None
-    lo, hi = pipe.gates.calibration_slope
+    gates = pipe.gates
     failed: list[str] = []
     checked: list[str] = []
     for key, raw in mv.tags.items():
-        if not key.startswith("gate."):
+        if not key.startswith("gate.") or key.startswith("gate.calibration_slope_se."):
             continue
         value = float(raw)
         _, metric, arm = key.split(".", 2)
         if metric == "calibration_slope":
-            ok = lo <= value <= hi
-            rule = f"calibration slope {arm} = {value:.2f} within [{lo:g}, {hi:g}]"
+            # a version registered before slopes carried their error is judged on the point
+            se = float(mv.tags.get(f"gate.calibration_slope_se.{arm}", "nan"))
+            ok = gates.slope_passes(value, se)
+            rule = gates.slope_rule(arm, value, se)
         else:
             ok = value <= pipe.gates.max_ece
             rule = f"ECE {arm} = {value:.3f} <= {pipe.gates.max_ece:g}"

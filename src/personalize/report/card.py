@@ -521,14 +521,13 @@ def _limitations(result: TrainResult) -> list[str]:
         "differences between subgroups; read their intervals, not their point "
         "estimates."
     )
-    lo, hi = pipeline.gates.calibration_slope
+    gates = pipeline.gates
     for arm, cal in result.calibration.items():
-        if not math.isfinite(cal.slope) or not lo <= cal.slope <= hi:
+        if not gates.slope_passes(cal.slope, cal.slope_se):
             items.append(
-                f"Calibration slope for {arm} ({cal.slope:.2f}) is outside the "
-                f"promotion gate [{lo:g}, {hi:g}]: its predicted "
-                f"{'probabilities' if result.model.binary else 'improvements'} are "
-                "not reliable at the extremes."
+                f"The promotion gate fails: {gates.slope_rule(arm, cal.slope, cal.slope_se)}; "
+                f"its predicted {'probabilities' if result.model.binary else 'improvements'} "
+                "are not reliable at the extremes."
             )
         if cal.ece is not None and cal.ece > pipeline.gates.max_ece:
             items.append(

@@ -56,7 +56,7 @@ def test_copied_forests_reproduce_stochtree(fitted) -> None:
     chain = learner.chain
     refit.sample(  # the same call as fit, kept to compare against stochtree directly
         X_train=learner._matrix(X)[:, :-1],
-        Z_train=trial(600, 1)[1],
+        Z_train=np.where(trial(600, 1)[1] == 1, *learner.code_[::-1]),  # the arms' coding
         y_train=trial(600, 1)[2],
         propensity_train=np.full(len(X), learner.allocation_),
         num_gfr=chain.gfr,
@@ -71,13 +71,13 @@ def test_copied_forests_reproduce_stochtree(fitted) -> None:
             "num_threads": 1,
         },
     )
-    out = refit.predict(
-        X=Z[:, :-1], Z=np.zeros(len(Z)), propensity=Z[:, -1], terms=["mu", "tau"], type="posterior"
-    )
     control, effect = learner.latent_draws(X_new)
     assert control.shape[1] == chain.chains * chain.draws  # every chain's draws, all kept
-    np.testing.assert_allclose(control, out["mu_hat"], atol=1e-10)
-    np.testing.assert_allclose(effect, out["tau_hat"], atol=1e-10)
+    for code, latent in zip(learner.code_, (control, control + effect), strict=True):
+        out = refit.predict(  # the latent value stochtree gives each arm's coding
+            X=Z[:, :-1], Z=np.full(len(Z), code), propensity=Z[:, -1], terms=["y_hat"]
+        )
+        np.testing.assert_allclose(latent, out, atol=1e-10)
     p0, p1 = learner.arm_draws(X_new)
     np.testing.assert_allclose(p1 - p0, ndtr(control + effect) - ndtr(control), atol=1e-12)
 
@@ -122,12 +122,13 @@ def test_contributions_stay_on_the_probability_scale(fitted) -> None:
     scale = learner.y_std_ / learner.mu_.draws
     phi_c, base_c = learner.mu_mean_.attributions(Z, scale)
     phi_e, base_e = learner.tau_mean_.attributions(Z, scale)
-    control = learner.y_bar_ + base_c + phi_c.sum(axis=1)  # the posterior-mean latent values
-    treated = control + learner.tau_0_.mean() + base_e + phi_e.sum(axis=1)
+    effect = learner.tau_0_.mean() + base_e + phi_e.sum(axis=1)  # posterior-mean latent values
+    c0, c1 = learner.code_
+    control = learner.y_bar_ + base_c + phi_c.sum(axis=1) + c0 * effect
     mu0, mu1 = learner.predict_arms(X_new)
     for phi, latent, mean, terms in (
-        (c.phi0, control, mu0, np.abs(phi_c)),
-        (c.phi1, treated, mu1, np.abs(phi_c + phi_e)),
+        (c.phi0, control, mu0, np.abs(phi_c + c0 * phi_e)),
+        (c.phi1, control + effect, mu1, np.abs(phi_c + c1 * phi_e)),
     ):
         bound = 0.4 * terms.sum(axis=1) + np.abs(mean - ndtr(latent)) + 1e-12
         assert (np.abs(phi).sum(axis=1) <= bound).all()

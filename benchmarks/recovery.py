@@ -11,6 +11,9 @@ Parts:
 - curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve);
 - bcf: `stamp` at N = 770 with `pipelines/stamp-bcf.yaml` (the opt-in `bcf` learner alone).
 
+`--learners` replaces the pipelines' learners, e.g. `--part null --learners bcf` for the
+null trials with `bcf` alone.
+
 Each part writes `<prefix>-records.csv` (one row per replication and method),
 `<prefix>-summary.csv`, `<prefix>-diagnosis.json`, plots and `<prefix>.md` under --out, and
 logs one MLflow run in experiment `recovery-study`. The narrative with the targets is
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     parser.add_argument("--sizes", type=int, nargs="+", help="cohort sizes (default per part)")
     parser.add_argument("--prefix-suffix", default="", help="appended to the output prefix")
+    parser.add_argument(
+        "--learners", nargs="+", help="replace the pipeline's training.learners (e.g. bcf)"
+    )
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                             test_n=args.test_n,
                             peers=peers,
                             seed=args.seed,
+                            training={"learners": args.learners} if args.learners else None,
                             progress=say,
                             on_replication=done,
                         )

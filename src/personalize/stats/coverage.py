@@ -23,7 +23,7 @@ class MeasuredCoverage:
 
 
 # Nominal 90% intervals, `stamp` scenario, medians over replications (recovery study).
-POSTERIOR = MeasuredCoverage(own=0.80, group=1.00, width=0.33, n=770, replications=10)
+POSTERIOR = MeasuredCoverage(own=0.92, group=1.00, width=0.40, n=770, replications=10)
 BOOTSTRAP = MeasuredCoverage(own=0.56, group=1.00, width=0.21, n=770, replications=10)
 
 

@@ -388,6 +388,15 @@ class TreeArrays:
 
 
 @numba.njit(nogil=True, cache=True)
+def _transpose(X, s, n, xt):
+    """Rows s..s+n of X into the columns of xt: a block's loops over rows then read
+    contiguous memory."""
+    for i in range(n):
+        for f in range(X.shape[1]):
+            xt[f, i] = X[s + i, f]
+
+
+@numba.njit(nogil=True, cache=True)
 def _leaf(x, i, node, feature, threshold, left, right, value):
     while feature[node] >= 0:
         node = left[node] if x[i, feature[node]] <= threshold[node] else right[node]
@@ -421,9 +430,7 @@ def _shared_sums(X, a, b, root, feature, threshold, left, right, uses, draw, tab
     xt = np.empty((X.shape[1], ROW_BLOCK))
     for s in range(a, b, ROW_BLOCK):
         n = min(b, s + ROW_BLOCK) - s
-        for i in range(n):
-            for f in range(X.shape[1]):
-                xt[f, i] = X[s + i, f]
+        _transpose(X, s, n, xt)
         acc[:, :] = 0.0
         for h in range(len(root) - 1):
             r, size = root[h], root[h + 1] - root[h]
@@ -521,9 +528,7 @@ def _path_attributions(
     acc = np.empty((X.shape[1], PATH_BLOCK))
     for s in range(a, b, PATH_BLOCK):
         n = min(b, s + PATH_BLOCK) - s
-        for i in range(n):
-            for f in range(X.shape[1]):
-                xt[f, i] = X[s + i, f]
+        _transpose(X, s, n, xt)
         acc[:, :] = 0.0
         for f in range(features):
             k0, k1 = cut[f], cut[f + 1]

@@ -144,14 +144,15 @@ def assess(
     """Calibration intercept and slope: logistic recalibration of y on logit(p) for binary
     outcomes (ideal 0 and 1), linear regression of y on the prediction for continuous."""
     if binary:
+        lp = logit(p)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = LogisticRegression(C=1e6, max_iter=1000).fit(
-                logit(p)[:, None], y.astype(int), sample_weight=weight
+                lp[:, None], y.astype(int), sample_weight=weight
             )
         slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-        fitted = expit(intercept + slope * logit(p))
-        se = slope_se(logit(p), y - fitted, fitted * (1 - fitted), weight)
+        fitted = expit(intercept + slope * lp)
+        se = slope_se(lp, y - fitted, fitted * (1 - fitted), weight)
         return ArmCalibration(
             method, brier(y, p, weight), ece(y, p, weight), None, intercept, slope, len(y), se
         )

@@ -34,6 +34,7 @@ from personalize.stats.evidence import (
     RATEResult,
     benefit_calibration_by_group,
     blp_test,
+    cauchy_combination,
     dr_scores,
     policy_value,
     r_loss,
@@ -64,7 +65,7 @@ class Candidate:
             "dr_loss": self.dr_loss,
             "r_loss": self.r_loss,
             "benefit_slope": self.benefit_calibration.raw_slope,
-            "blp_differential_p": self.blp.differential_forest_prediction.p_value,
+            "heterogeneity_p": self.blp.heterogeneity.p_value,
         }
         if self.policy is not None:
             out["policy_gain"] = self.policy.gain_over_best_arm
@@ -81,7 +82,7 @@ class TrainResult:
     calibration: dict[str, ArmCalibration]  # per arm label, honest (cross-calibrated)
     reliability: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # y, p, weight per arm
     blp: BLPResult
-    heterogeneity_p: float  # BLP differential p, adjusted for the choice among learners
+    heterogeneity_p: float  # the candidates' heterogeneity tests, Cauchy-combined
     autoc: RATEResult
     qini: RATEResult
     groups: GroupCalibration
@@ -357,8 +358,9 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     step("calibration")
 
     blp = best.blp
-    # The chosen learner is the best of several on these data: Bonferroni-adjust its test.
-    p_het = min(1.0, blp.differential_forest_prediction.p_value * len(candidates))
+    # One test of "no heterogeneity" from every candidate's (so the choice among them is
+    # paid for): their tests are strongly dependent, which the Cauchy combination allows.
+    p_het = cauchy_combination([c.blp.heterogeneity.p_value for c in candidates.values()])
     autoc = rate(best.tau, scores, "AUTOC", seed=cfg.seed)
     qini = rate(best.tau, scores, "QINI", seed=cfg.seed)
     groups = benefit_calibration_by_group(best.tau, scores)
@@ -368,8 +370,8 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     het = p_het < alpha
     ate_reliable = blp.ate_detected(alpha)
     detail = (
-        f"BLP differential p = {p_het:.3g} after adjusting for {len(candidates)} "
-        f"candidate learners; average effect p = {blp.ate_p_value:.3g}"
+        f"heterogeneity p = {p_het:.3g} over {len(candidates)} candidate learner"
+        f"{'s' if len(candidates) > 1 else ''}; average effect p = {blp.ate_p_value:.3g}"
     )
     if het:
         reason = f"heterogeneity detected ({detail})"

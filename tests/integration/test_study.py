@@ -22,7 +22,7 @@ from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
 from personalize.learners import learner_names
 from personalize.study.peers import peer_recommendations
-from personalize.study.run import OURS, StudyResult, acat, run_study, study_seeds
+from personalize.study.run import OURS, StudyResult, run_study, study_seeds
 from personalize.study.summary import diagnose_intervals, summarize
 from personalize.study.truth import Prediction, Truth, projected_target, score, truth_of
 
@@ -115,12 +115,6 @@ def test_projected_target_groups_identical_predictions() -> None:
     assert np.allclose(projected_target(np.zeros(10), tau), tau.mean())
     target = projected_target(np.arange(10, dtype=float), tau, groups=2)
     assert np.allclose(target, [2, 2, 2, 2, 2, 7, 7, 7, 7, 7])
-
-
-def test_acat_combines_p_values() -> None:
-    assert acat([0.5, 0.5]) == pytest.approx(0.5)
-    assert acat([1e-6, 0.9, 0.9]) < 0.01
-    assert 0.0 <= acat([0.2, 0.3]) <= 1.0
 
 
 def test_truth_on_the_continuous_scale_is_improvement() -> None:

@@ -88,8 +88,9 @@ class EffectLearner(ABC):
     complexity: int = 100  # the one-SE rule prefers lower (simpler) among near-equals
     posterior: bool = False  # `arm_draws` gives posterior draws; the interval comes from them
     # outcome kinds for which it is a pre-specified candidate of a pipeline file that names
-    # none (chosen by the recovery study: docs/training.md, "Choosing a learner")
-    default_for: tuple[Kind, ...] = ("binary", "continuous")
+    # none (chosen by the recovery study: docs/training.md, "Choosing a learner"); binary
+    # outcomes have `bcf` alone
+    default_for: tuple[Kind, ...] = ("continuous",)
 
     def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
         self.kind = kind

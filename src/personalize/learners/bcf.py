@@ -592,11 +592,10 @@ class BCFLearner(EffectLearner):
     # benefit, and whose prior shrinks towards a homogeneous effect (the most regularised).
     complexity = 5
     posterior = True
-    # Opt-in (`training.learners: [bcf]`), not a default, although on simulated STAMP trials
-    # it is the most accurate and its interval covers each patient's own benefit: alone, its
-    # heterogeneity test rejected in 7 of 50 null trials (nominal 5%; the defaults: 0 of
-    # 50), and on continuous outcomes its interval covered 58% (docs/training.md).
-    default_for = ()
+    # The one default for binary outcomes: on simulated STAMP trials it is the most accurate
+    # and its interval covers each patient's own benefit. Not for continuous outcomes, where
+    # its interval covered 58% of patients (docs/training.md, "Choosing a learner").
+    default_for = ("binary",)
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:
         super().__init__(kind, seed)

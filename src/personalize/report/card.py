@@ -249,12 +249,16 @@ def model_card_dict(
         "detected": p_adjusted is not None and p_adjusted < rule.alpha,
         "alpha": rule.alpha,
         "differential_p_adjusted": p_adjusted,
-        "adjustment": f"Bonferroni over the {len(result.candidates)} candidate learners "
-        "(the chosen one is the best of several on these data)",
+        "adjustment": "widening each learner's standard error by the square root of 2 "
+        "(cross-fitted predictions are fitted on the other folds' outcomes, a dependence HC3 "
+        f"misses) and a Cauchy combination over the {len(result.candidates)} candidate "
+        "learners' tests (the chosen one is the best of several on these data)",
         "blp": {
             "mean_forest_prediction": blp.mean_forest_prediction.to_dict(),
             "differential_forest_prediction": blp.differential_forest_prediction.to_dict(),
-            "p_values": "one-sided (H0: coefficient <= 0), HC3 standard errors",
+            "heterogeneity_test": blp.heterogeneity.to_dict(),
+            "p_values": "one-sided (H0: coefficient <= 0), HC3 standard errors; the "
+            "heterogeneity test's widened by the square root of 2",
             "n_observed": blp.n_observed,
         },
         "benefit_recalibration": _benefit_recalibration(result),
@@ -472,8 +476,9 @@ def _limitations(result: TrainResult) -> list[str]:
         f"was chosen among {len(result.candidates)} candidates by out-of-fold DR-loss (the "
         "simplest within one standard error of the lowest), and "
         "the BLP test, AUTOC/Qini and calibration for benefit are computed on that chosen "
-        "learner's out-of-fold predictions. The BLP p-value is Bonferroni-adjusted for the "
-        "choice; AUTOC/Qini are not, so they are slightly optimistic.",
+        "learner's out-of-fold predictions. The heterogeneity p-value combines every "
+        "candidate's test, so it pays for the choice; AUTOC/Qini are not adjusted, so they "
+        "are slightly optimistic.",
     ]
     if getattr(result.model, "benefit_calibration", None) is not None:
         items.append(

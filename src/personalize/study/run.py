@@ -71,17 +71,6 @@ def resolve(scenario: str | None, pipeline: str | Path | None) -> tuple[str, str
 # --------------------------------------------------------------------------- ours
 
 
-def acat(p_values: Sequence[float]) -> float:
-    """Cauchy combination (Liu & Xie 2020) of p-values: valid under arbitrary dependence
-    (asymptotically), so it suits correlated candidate learners better than Bonferroni."""
-    p = np.clip(np.asarray([v for v in p_values if np.isfinite(v)], dtype=float), 1e-15, 1.0)
-    if len(p) == 0:
-        return math.nan
-    p = np.minimum(p, 1 - 1e-15)
-    t = float(np.mean(np.tan((0.5 - p) * np.pi)))
-    return float(0.5 - np.arctan(t) / np.pi)
-
-
 def run_ours(
     pipeline: Pipeline,
     frame: pd.DataFrame,
@@ -91,15 +80,15 @@ def run_ours(
 ) -> tuple[Prediction, TrainResult]:
     """The whole training pipeline on one cohort; its model's answer for the test set.
 
-    `adjust` (experiment): re-derive the heterogeneity p-value as the chosen learner's BLP
-    p-value times `adjust` instead of times the number of candidates, and the decision
+    `adjust` (experiment): re-derive the heterogeneity p-value as the chosen learner's
+    p-value times `adjust` instead of the candidates' combined one, and the decision
     rule's evidence from it (e.g. a single pre-specified learner that still pays for the
     search over every candidate: `training.learners=[that one]`, `adjust=` the number of
     candidates)."""
     result = training.fit(pipeline, frame)
     model = result.model
     if adjust is not None:
-        p = min(1.0, result.blp.differential_forest_prediction.p_value * adjust)
+        p = min(1.0, result.blp.heterogeneity.p_value * adjust)
         result.heterogeneity_p = p
         evidence = p < model.rule.alpha or result.blp.ate_detected(model.rule.alpha)
         model = dataclasses.replace(model, rule=dataclasses.replace(model.rule, evidence=evidence))
@@ -108,9 +97,7 @@ def run_ours(
     labels = out["recommendation"].to_numpy(dtype=object)
     rec = np.where(labels == arm.treatment, 1, np.where(labels == arm.control, -1, 0))
     rule = model.rule
-    cand_p = {
-        name: c.blp.differential_forest_prediction.p_value for name, c in result.candidates.items()
-    }
+    cand_p = {name: c.blp.heterogeneity.p_value for name, c in result.candidates.items()}
     extra: dict[str, Any] = {
         "chosen": result.chosen,
         "heterogeneity_p": result.heterogeneity_p,
@@ -123,7 +110,7 @@ def run_ours(
         "benefit_slope": model.benefit_calibration.slope,
         "benefit_slope_raw": model.benefit_calibration.raw_slope,
         "benefit_slope_se": model.benefit_calibration.slope_se,
-        "acat_p": acat(list(cand_p.values())),
+        "raw_p": result.blp.differential_forest_prediction.p_value,
         **{f"cand_{k}_p": v for k, v in cand_p.items()},
         **{f"cand_{k}_dr_loss": c.dr_loss for k, c in result.candidates.items()},
         **{f"cand_{k}_r_loss": c.r_loss for k, c in result.candidates.items()},

@@ -262,6 +262,9 @@ class Coefficient:
         return {"estimate": self.estimate, "se": self.se, "t": self.t, "p_value": self.p_value}
 
 
+_NAN_COEF = Coefficient(float("nan"), float("nan"), float("nan"), float("nan"))
+
+
 @dataclass(frozen=True)
 class BLPResult:
     """Best-linear-predictor calibration test plus the doubly-robust average effect.
@@ -329,8 +332,6 @@ class BLPResult:
         out[f"{prefix}n_observed"] = float(self.n_observed)
         return out
 
-
-_NAN_COEF = Coefficient(float("nan"), float("nan"), float("nan"), float("nan"))
 
 # Under no heterogeneity a cross-fitted benefit is a sum of other folds' outcome noise, so
 # the differential coefficient's numerator is a quadratic form over pairs of patients in

@@ -9,10 +9,10 @@ Parts:
 - main: `stamp` and `stamp-null` at N = 770 with the peers (the committed table);
 - continuous: `pipelines/stamp-continuous.yaml` (improvement in BPI severity) at N = 770;
 - curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve);
-- bcf: `stamp` at N = 770 with `pipelines/stamp-bcf.yaml` (the opt-in `bcf` learner alone).
+- null: 50+ null replications for the type I error, a binary and a continuous shape.
 
-`--learners` replaces the pipelines' learners, e.g. `--part null --learners bcf` for the
-null trials with `bcf` alone.
+`--learners` replaces the pipelines' learners, e.g. `--part main --learners effect_linear`
+for the PATH effect model alone; `--peers bcf` runs one peer.
 
 Each part writes `<prefix>-records.csv` (one row per replication and method),
 `<prefix>-summary.csv`, `<prefix>-diagnosis.json`, plots and `<prefix>.md` under --out, and
@@ -55,8 +55,6 @@ PARTS: dict[str, list[tuple[str, str, tuple[int, ...], str]]] = {
         ("stamp-null", "pipelines/stamp-null-continuous.yaml", (770,), "stamp-null-continuous"),
     ],
     "curve": [("stamp", "pipelines/stamp.yaml", SAMPLE_SIZES, "stamp-curve")],
-    # the opt-in Bayesian Causal Forest as the one learner, against BCF run as a researcher would
-    "bcf": [("stamp", "pipelines/stamp-bcf.yaml", (770,), "stamp-bcf")],
 }
 
 

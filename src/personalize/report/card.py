@@ -249,10 +249,7 @@ def model_card_dict(
         "detected": p_adjusted is not None and p_adjusted < rule.alpha,
         "alpha": rule.alpha,
         "differential_p_adjusted": p_adjusted,
-        "adjustment": "widening each learner's standard error by the square root of 2 "
-        "(cross-fitted predictions are fitted on the other folds' outcomes, a dependence HC3 "
-        f"misses) and a Cauchy combination over the {len(result.candidates)} candidate "
-        "learners' tests (the chosen one is the best of several on these data)",
+        "adjustment": _adjustment(len(result.candidates)),
         "blp": {
             "mean_forest_prediction": blp.mean_forest_prediction.to_dict(),
             "differential_forest_prediction": blp.differential_forest_prediction.to_dict(),
@@ -411,6 +408,20 @@ def _candidate_extras(cand: Any) -> dict[str, Any]:
     if bc is not None:
         out["benefit_slope"] = bc.raw_slope
     return out
+
+
+def _adjustment(candidates: int) -> str:
+    """How the heterogeneity p-value was adjusted, for the card's sentence."""
+    widened = (
+        "widening the standard error by the square root of 2 (cross-fitted predictions are "
+        "fitted on the other folds' outcomes, a dependence HC3 misses)"
+    )
+    if candidates == 1:
+        return widened + "; one pre-specified learner, so no choice to pay for"
+    return (
+        f"{widened} and a Cauchy combination of the {candidates} candidate learners' tests "
+        "(the chosen one is the best of several on these data)"
+    )
 
 
 def _benefit_recalibration(result: TrainResult) -> dict[str, Any] | None:

@@ -202,7 +202,10 @@ def model_card_dict(
     }
 
     learners = {
-        "criterion": "one-standard-error rule on the out-of-fold DR-loss (mean squared "
+        "criterion": "one pre-specified learner (the pipeline's default for this outcome, "
+        "or the one it names)"
+        if len(result.candidates) == 1
+        else "one-standard-error rule on the out-of-fold DR-loss (mean squared "
         "difference between a candidate's cross-fitted, benefit-calibrated benefit and the "
         "doubly-robust pseudo-outcomes, whose expectation is the benefit's mean squared "
         "error plus a constant): the simplest candidate whose loss is within one standard "
@@ -410,6 +413,23 @@ def _candidate_extras(cand: Any) -> dict[str, Any]:
     return out
 
 
+def _selection_limitation(candidates: int) -> str:
+    if candidates == 1:
+        return (
+            "One pre-specified learner, so no choice among learners to pay for; its BLP "
+            "test, AUTOC/Qini and calibration for benefit are computed on its out-of-fold "
+            "predictions."
+        )
+    return (
+        "Model selection and evaluation share the same out-of-fold predictions: the learner "
+        f"was chosen among {candidates} candidates by out-of-fold DR-loss (the simplest "
+        "within one standard error of the lowest), and the BLP test, AUTOC/Qini and "
+        "calibration for benefit are computed on that chosen learner's out-of-fold "
+        "predictions. The heterogeneity p-value combines every candidate's test, so it "
+        "pays for the choice; AUTOC/Qini are not adjusted, so they are slightly optimistic."
+    )
+
+
 def _adjustment(candidates: int) -> str:
     """How the heterogeneity p-value was adjusted, for the card's sentence."""
     widened = (
@@ -483,13 +503,7 @@ def _limitations(result: TrainResult) -> list[str]:
         "patients); the model is valid at most for patients who would have met that "
         "trial's eligibility criteria, under the trial's delivery of the two programmes. "
         "It has not been externally validated.",
-        f"Model selection and evaluation share the same out-of-fold predictions: the learner "
-        f"was chosen among {len(result.candidates)} candidates by out-of-fold DR-loss (the "
-        "simplest within one standard error of the lowest), and "
-        "the BLP test, AUTOC/Qini and calibration for benefit are computed on that chosen "
-        "learner's out-of-fold predictions. The heterogeneity p-value combines every "
-        "candidate's test, so it pays for the choice; AUTOC/Qini are not adjusted, so they "
-        "are slightly optimistic.",
+        _selection_limitation(len(result.candidates)),
     ]
     if getattr(result.model, "benefit_calibration", None) is not None:
         items.append(
@@ -505,9 +519,9 @@ def _limitations(result: TrainResult) -> list[str]:
             "do not reflect unmeasured moderators or shift between the trial and practice. "
             f"In simulated trials of {posterior.n} patients (recovery study, "
             f"benchmarks/results/recovery.md) a 90% interval covered the patient's true "
-            f"benefit for {posterior.own:.0%} of patients: less often than nominal, mostly "
-            "for the patients with the largest and smallest benefits, whom its prior shrinks "
-            "towards the average."
+            f"benefit for {posterior.own:.0%} of patients (median width "
+            f"{posterior.width:.2f}); its misses are mostly the patients with the largest "
+            "and smallest benefits, whom its prior shrinks towards the average."
         )
     else:
         items += [

@@ -12,6 +12,7 @@ import pytest
 from personalize.stats.evidence import (
     benefit_calibration_by_group,
     blp_test,
+    cauchy_combination,
     dr_scores,
     policy_value,
     r_loss,
@@ -252,8 +253,6 @@ def test_heterogeneity_test_widens_only_a_cross_fitted_benefit() -> None:
 
 
 def test_cauchy_combination_of_agreeing_and_of_lone_p_values() -> None:
-    from personalize.stats.evidence import cauchy_combination
-
     # agreeing tests keep their p-value: no Bonferroni factor for correlated candidates
     assert cauchy_combination([0.01, 0.01, 0.01]) == pytest.approx(0.01, rel=1e-6)
     # one small p among unrelated large ones pays about the number of tests

@@ -402,11 +402,12 @@ def model_card_dict(
 
 
 def _candidate_extras(cand: Any) -> dict[str, Any]:
-    """Per-candidate evidence where training provides it (BLP p, benefit slope)."""
+    """Per-candidate evidence where training provides it (its own heterogeneity test's p
+    before the combination over candidates, benefit slope)."""
     out: dict[str, Any] = {}
     blp = getattr(cand, "blp", None)
     if blp is not None:
-        out["blp_differential_p"] = blp.differential_forest_prediction.p_value
+        out["heterogeneity_p"] = blp.heterogeneity.p_value
     bc = getattr(cand, "benefit_calibration", None)
     if bc is not None:
         out["benefit_slope"] = bc.raw_slope

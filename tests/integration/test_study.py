@@ -24,7 +24,14 @@ from personalize.learners import learner_names
 from personalize.study.peers import peer_recommendations
 from personalize.study.run import OURS, StudyResult, run_study, study_seeds
 from personalize.study.summary import diagnose_intervals, summarize
-from personalize.study.truth import Prediction, Truth, projected_target, score, truth_of
+from personalize.study.truth import (
+    Prediction,
+    Truth,
+    projected_target,
+    score,
+    truth_of,
+    width_at_level,
+)
 
 # --------------------------------------------------------------------------- fast units
 
@@ -108,6 +115,24 @@ def test_peer_rule_needs_interval_and_margin() -> None:
     hi = np.array([0.20, 0.05, 0.20, -0.01, 0.01])
     assert peer_recommendations(b, lo, hi, 0.05).tolist() == [1, 0, 0, -1, 0]
     assert peer_recommendations(b, None, None, 0.05).tolist() == [1, 0, 1, -1, -1]
+
+
+def test_width_at_nominal_coverage_compares_sharpness_at_equal_coverage() -> None:
+    rng = np.random.default_rng(0)
+    tau = rng.normal(size=20_000)
+    centre = np.zeros_like(tau)
+    # twice too wide, or 30% too narrow: both are scaled to the same 90% width
+    for half in (2 * 1.6449, 0.7 * 1.6449):
+        lower, upper = centre - half, centre + half
+        assert width_at_level(lower, upper, tau, 0.9) == pytest.approx(2 * 1.6449, rel=0.03)
+    # a wider interval per patient where the error is larger is sharper than a flat one
+    spread = np.where(rng.random(tau.size) < 0.6, 0.25, 2.0)
+    noisy = spread * tau
+    adaptive = width_at_level(-1.6449 * spread, 1.6449 * spread, noisy, 0.9)
+    flat = width_at_level(np.full_like(tau, -1.0), np.full_like(tau, 1.0), noisy, 0.9)
+    assert adaptive < 0.5 * flat
+    # a zero-width interval that misses cannot be scaled to cover
+    assert width_at_level(centre, centre, tau, 0.9) == np.inf
 
 
 def test_projected_target_groups_identical_predictions() -> None:

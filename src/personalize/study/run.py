@@ -215,11 +215,12 @@ def replicate(
     say = say or (lambda _m: None)
     arm = spec.cohort.arm
     truth = test.truth
+    level = spec.training.interval_level
     say(OURS)
     t0 = time.perf_counter()
     ours, _ = run_ours(spec, frame, test.cohort, diagnose, adjust)
     secs = time.perf_counter() - t0
-    metrics = score(ours, truth, test.preference, arm.treatment, arm.control)
+    metrics = score(ours, truth, test.preference, arm.treatment, arm.control, level)
     public = {k: v for k, v in ours.extra.items() if not k.startswith("_")}
     row = {**base, "method": OURS, "seconds": secs, **metrics, **public}
     arrays: dict[str, np.ndarray] = {}
@@ -243,7 +244,7 @@ def replicate(
             t0 = time.perf_counter()
             pred = run_peer(name, spec, data, peer_seed)
             secs = time.perf_counter() - t0
-            metrics = score(pred, truth, test.preference, arm.treatment, arm.control)
+            metrics = score(pred, truth, test.preference, arm.treatment, arm.control, level)
             rows.append({**base, "method": name, "seconds": secs, **metrics})
             arrays[f"{name}_benefit"] = pred.benefit
     return Replication(rows, arrays)

@@ -29,6 +29,11 @@ Definitions (every number in the tables):
   (target: the pipeline's `training.interval_level`). `group_coverage`: coverage of the
   model's *projected* benefit target, the mean true benefit of the test patients in the
   same twentile of predicted benefit (what a calibrated model can promise at best).
+- **width at nominal coverage** (`width_at_level`): the median width the method's intervals
+  would have if each were scaled about its midpoint by the one factor that makes them cover
+  the nominal share of test patients (a recalibration only the truth allows). Two methods'
+  widths compare their sharpness only at equal coverage: a narrower interval that covers
+  fewer patients is not the sharper one.
 - **heterogeneity rejection**: `heterogeneity_p < decision.alpha` (ours only; power on
   `stamp`, type I error on `stamp-null`). Candidate learners' unadjusted BLP p-values and
   an ACAT (Cauchy) combination of them are kept for diagnosis (`study.run`).
@@ -145,10 +150,27 @@ def projected_target(benefit: np.ndarray, tau: np.ndarray, groups: int = GROUPS)
     return np.asarray((sums / np.maximum(counts, 1))[idx], dtype=float)
 
 
+def width_at_level(lower: np.ndarray, upper: np.ndarray, tau: np.ndarray, level: float) -> float:
+    """Median width of the intervals scaled about their midpoints by the one factor that
+    makes them cover `level` of `tau` (module docstring)."""
+    half = (upper - lower) / 2
+    miss = np.abs(tau - (upper + lower) / 2)
+    # the factor each patient needs to be covered (a zero-width interval: only if exact)
+    need = np.divide(miss, half, out=np.where(miss > 0, np.inf, 0.0), where=half > 0)
+    factor = float(np.quantile(need, level, method="higher"))
+    return float(np.median(upper - lower)) * factor if np.isfinite(factor) else math.inf
+
+
 def score(
-    pred: Prediction, truth: Truth, preference: np.ndarray, treatment: str, control: str
+    pred: Prediction,
+    truth: Truth,
+    preference: np.ndarray,
+    treatment: str,
+    control: str,
+    level: float = 0.9,
 ) -> dict[str, float]:
-    """Every per-replication metric of one method against the truth (module docstring)."""
+    """Every per-replication metric of one method against the truth (module docstring);
+    `level` is the intervals' nominal level."""
     tau = truth.benefit
     b = pred.benefit
     m: dict[str, float] = {
@@ -167,8 +189,9 @@ def score(
         m["coverage"] = float(inside.mean())
         m["group_coverage"] = float(((pred.lower <= target) & (target <= pred.upper)).mean())
         m["width"] = float(np.median(pred.upper - pred.lower))
+        m["width_at_level"] = width_at_level(pred.lower, pred.upper, tau, level)
     else:
-        m["coverage"] = m["group_coverage"] = m["width"] = math.nan
+        m["coverage"] = m["group_coverage"] = m["width"] = m["width_at_level"] = math.nan
     rec = pred.recommend
     active = rec != 0
     m["share_either"] = float(1 - active.mean())

@@ -154,7 +154,7 @@ class PersonalizeModel:
 
     @property
     def interval_covers(self) -> str:
-        return coverage.covers(self.individual_interval)
+        return coverage.covers(self.learner.name, self.learner.kind, self.individual_interval)
 
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
         """Posterior draws of the expected outcome under control and under treatment (rows x

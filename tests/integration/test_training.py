@@ -255,12 +255,14 @@ def test_a_learner_is_one_file() -> None:
         Pipeline.model_validate(raw)
 
 
-def test_a_posterior_learner_answers_each_arm_from_its_own_draws(heldout) -> None:
-    """With `bcf`, the per-arm outcomes are the posterior means of its own per-arm draws:
-    they add up to the benefit, the interval is the posterior interval of the same draws
-    (a patient's own benefit, as the rule says), and the per-arm calibration report reads
-    the same learner's out-of-fold answers, not a prognosis split by the benefit."""
-    spec = pipeline("stamp", bootstrap=10, learners=["bcf"])
+@pytest.mark.parametrize("name", ["bayes_linear", "bcf"])
+def test_a_posterior_learner_answers_each_arm_from_its_own_draws(heldout, name: str) -> None:
+    """With a posterior learner, the per-arm outcomes are the posterior means of its own
+    per-arm draws: they add up to the benefit, the interval is the posterior interval of
+    the same draws (a patient's own benefit, as the rule says), and the per-arm calibration
+    report reads the same learner's out-of-fold answers, not a prognosis split by the
+    benefit."""
+    spec = pipeline("stamp", bootstrap=10, learners=[name])
     result = training.fit(spec, simulate("stamp", 500, 3).cohort)
     model = result.model
     X = model.features(heldout["stamp"].cohort.head(300))

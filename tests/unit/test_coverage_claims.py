@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from personalize.learners import default_learner_names, learner_class
+from personalize.learners import Kind, default_learner_names, learner_class
 from personalize.stats import coverage
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -24,28 +24,54 @@ def ours(prefix: str) -> pd.DataFrame:
     return records[records["method"] == "ours"]
 
 
-@pytest.mark.parametrize(
-    ("claim", "prefix", "posterior"),
-    [
-        (coverage.POSTERIOR, "stamp", True),  # the shipped binary default: bcf
-        (coverage.BOOTSTRAP, "stamp-default", False),  # the LightGBM/PATH candidates
-    ],
-)
+# which committed records each stated figure comes from
+POSTERIOR_RECORDS: dict[tuple[str, Kind], str] = {
+    ("bayes_linear", "binary"): "stamp-bl",
+    ("bayes_linear", "continuous"): "stamp-continuous",  # the default for continuous
+    ("bcf", "binary"): "stamp",  # the default for binary outcomes
+}
+BOOTSTRAP_RECORDS: dict[Kind, str] = {
+    "binary": "stamp-default",
+    "continuous": "stamp-continuous-default",
+}
+CLAIMS = [
+    *((coverage.POSTERIOR[key], prefix, key[0]) for key, prefix in POSTERIOR_RECORDS.items()),
+    *((coverage.BOOTSTRAP[kind], prefix, None) for kind, prefix in BOOTSTRAP_RECORDS.items()),
+]
+
+
+def test_every_stated_figure_has_its_records() -> None:
+    assert set(POSTERIOR_RECORDS) == set(coverage.POSTERIOR)
+    assert set(BOOTSTRAP_RECORDS) == set(coverage.BOOTSTRAP)
+
+
+@pytest.mark.parametrize(("claim", "prefix", "learner"), CLAIMS)
 def test_stated_coverage_is_the_measured_median(
-    claim: coverage.MeasuredCoverage, prefix: str, posterior: bool
+    claim: coverage.MeasuredCoverage, prefix: str, learner: str | None
 ) -> None:
     r = ours(prefix)
-    assert all(learner_class(name).posterior == posterior for name in r["chosen"])
+    if learner is None:  # the bootstrap learners, chosen among themselves
+        assert not any(learner_class(name).posterior for name in r["chosen"])
+    else:
+        assert (r["chosen"] == learner).all()
     assert len(r) == claim.replications and (r["n"] == claim.n).all()
     assert claim.own == pytest.approx(r["coverage"].median(), abs=0.005)
     assert claim.group == pytest.approx(r["group_coverage"].median(), abs=0.005)
     assert claim.width == pytest.approx(r["width"].median(), abs=0.005)
 
 
-def test_the_binary_default_is_the_learner_whose_interval_covers_the_patient() -> None:
-    """The 85-95% target for a patient's own benefit is met by the posterior interval, and
-    binary outcomes get it without naming a learner."""
-    assert [learner_class(n).posterior for n in default_learner_names("binary")] == [True]
-    assert 0.85 <= coverage.POSTERIOR.own <= 0.95
-    assert "own benefit" in coverage.covers(True)
-    assert f"{coverage.POSTERIOR.own:.0%}" in coverage.covers(True)
+@pytest.mark.parametrize("kind", ["binary", "continuous"])
+def test_the_default_learner_gives_an_interval_that_covers_the_patient(kind: Kind) -> None:
+    """A pipeline that names no learner gets one whose interval is for the patient's own
+    benefit, and covered it more often than the bootstrap learners' interval did."""
+    (name,) = default_learner_names(kind)
+    assert learner_class(name).posterior
+    claim = coverage.POSTERIOR[name, kind]
+    assert claim.own > coverage.BOOTSTRAP[kind].own
+    said = coverage.covers(name, kind, True)
+    assert "own benefit" in said and f"{claim.own:.0%}" in said
+
+
+def test_an_unmeasured_learner_says_so() -> None:
+    said = coverage.covers("bcf", "continuous", True)
+    assert "not measured" in said and "%" not in said

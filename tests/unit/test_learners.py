@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from personalize import fast_trees
-from personalize.learners import ARM_DRIVER, learner_class, learner_names, make_learner
+from personalize.learners import ARM_DRIVER, learner_names, make_learner
 from personalize.learners.base import EffectLearner, rescale
 from personalize.learners.bcf import Chain
 
 N = 1500
 
-# a posterior learner samples for seconds per fit: its cases run with the slow tests
+# a forest sampler (`bcf`) takes seconds per fit: its cases run with the slow tests
 LEARNERS = [
-    pytest.param(name, marks=pytest.mark.slow) if learner_class(name).posterior else name
+    pytest.param(name, marks=pytest.mark.slow) if name == "bcf" else name
     for name in learner_names()
 ]
 
@@ -92,7 +92,7 @@ def test_an_ensembles_arms_at_once_are_each_members_bits(name: str, kind: str) -
                 assert np.array_equal(mu0[:, j], m0) and np.array_equal(mu1[:, j], m1)
 
 
-@pytest.mark.parametrize("name", ["t", "x", "dr", "effect_linear"])
+@pytest.mark.parametrize("name", ["t", "x", "dr", "effect_linear", "bayes_linear"])
 def test_effect_learners_rank_the_true_benefit(name: str) -> None:
     X, t, y, w = trial("binary")
     learner = make_learner(name, "binary", seed=0).fit(X, t, y, w)

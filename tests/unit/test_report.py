@@ -328,7 +328,9 @@ def test_markdown_card_contents(result: training.TrainResult) -> None:
     assert "run-abc123" in md and "| Version | 7 |" in md
     # the limitations say what the interval covers: the patient's own benefit (posterior)
     # or the average benefit of similar patients (bootstrap), with how often it covered
-    measured = coverage.measured(result.model.individual_interval)
+    learner = result.model.learner
+    measured = coverage.measured(learner.name, learner.kind, result.model.individual_interval)
+    assert measured is not None  # the shipped default's figures were measured
     if result.model.individual_interval:
         assert "posterior intervals for each patient's own benefit" in md
     else:

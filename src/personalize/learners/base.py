@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 Kind = Literal["binary", "continuous"]
 ARM_DRIVER = "(treatment itself)"
@@ -78,6 +79,34 @@ def spread(phi: np.ndarray, extra: np.ndarray) -> np.ndarray:
     return phi + share * extra[:, None]
 
 
+def probit_contributions(
+    names: list[str],
+    b0: np.ndarray,
+    phi0: np.ndarray,
+    b1: np.ndarray,
+    phi1: np.ndarray,
+    mu0: np.ndarray,
+    mu1: np.ndarray,
+) -> ArmContributions:
+    """A probit posterior learner's latent contributions (adding up to the posterior-mean
+    latent value from `b_a`) carried to its posterior-mean probabilities `mu_a`.
+
+    Carried to Phi of the mean latent value, each keeps its share (a secant of Phi: at most
+    0.4 x its latent size). The posterior mean of Phi differs from Phi of the mean latent by
+    the posterior spread's small Jensen gap, which is spread in proportion, not rescaled:
+    rescaling onto a target whose latent change is near 0 would blow a row's contributions
+    up to hundreds while they still add up."""
+    at0, at1 = ndtr(b0 + phi0.sum(axis=1)), ndtr(b1 + phi1.sum(axis=1))
+    p0, p1 = ndtr(b0), ndtr(b1)
+    return ArmContributions(
+        names,
+        p0,
+        spread(rescale(phi0, at0 - p0), mu0 - at0),
+        p1,
+        spread(rescale(phi1, at1 - p1), mu1 - at1),
+    )
+
+
 class EffectLearner(ABC):
     """Configuration in __init__, learning in fit, learned state in trailing underscores."""
 
@@ -87,10 +116,10 @@ class EffectLearner(ABC):
     linear: bool = False  # a linear model: the benefit's drivers are its coefficients
     complexity: int = 100  # the one-SE rule prefers lower (simpler) among near-equals
     posterior: bool = False  # `arm_draws` gives posterior draws; the interval comes from them
-    # outcome kinds for which it is a pre-specified candidate of a pipeline file that names
-    # none (chosen by the recovery study: docs/training.md, "Choosing a learner"); binary
-    # outcomes have `bcf` alone
-    default_for: tuple[Kind, ...] = ("continuous",)
+    # outcome kinds for which it is the pre-specified learner of a pipeline file that names
+    # none (chosen by the recovery study: docs/training.md, "Choosing a learner"); a new
+    # learner is used only where a pipeline file names it
+    default_for: tuple[Kind, ...] = ()
 
     def __init__(self, kind: Kind = "binary", seed: int = 0) -> None:
         self.kind = kind

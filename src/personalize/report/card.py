@@ -414,6 +414,49 @@ def _candidate_extras(cand: Any) -> dict[str, Any]:
     return out
 
 
+def _interval_limitation(result: TrainResult, level: float) -> str:
+    """What the benefit intervals are for, what they rest on, and how often they covered."""
+    model = result.model
+    learner = model.learner
+    m = coverage.measured(learner.name, learner.kind, model.individual_interval)
+    if model.individual_interval:
+        rests = "its prior" + (
+            " and on the effect being close to linear in the covariates (a dose or duration "
+            "on the log scale)"
+            if learner.linear
+            else ""
+        )
+        said = (
+            f"Benefit intervals ({level:.0%}) are the {learner.title}'s posterior intervals "
+            f"for each patient's own benefit. They rest on {rests}, and do not reflect "
+            "unmeasured moderators or shift between the trial and practice. "
+        )
+        if m is None:
+            return said + "Their coverage was not measured for this learner and outcome."
+        return said + (
+            f"In simulated trials of {m.n} patients (recovery study, "
+            "benchmarks/results/recovery.md) a 90% interval covered the patient's true "
+            f"benefit for {m.own:.0%} of patients (median width {m.width:.2f}); its misses "
+            "are mostly the patients with the largest and smallest benefits, whom its prior "
+            "shrinks towards the average."
+        )
+    said = (
+        f"Benefit intervals ({level:.0%}) come from a bootstrap ensemble of "
+        f"{len(model.ensemble)} refits (plus the uncertainty of the benefit recalibration, "
+        "where used): they reflect estimation variance, not model misspecification, "
+        "unmeasured moderators or shift between the trial and practice. They are for the "
+        "average benefit among patients with the same predicted benefit; an individual's "
+        "benefit varies more"
+    )
+    if m is None:
+        return said + " (their coverage was not measured for this outcome)."
+    return said + (
+        f" (in simulated trials of {m.n} patients, recovery study, a 90% interval covered "
+        f"that average for {m.group:.0%} of patients but the patient's own benefit for "
+        f"{m.own:.0%})."
+    )
+
+
 def _selection_limitation(candidates: int) -> str:
     if candidates == 1:
         return (
@@ -512,30 +555,7 @@ def _limitations(result: TrainResult) -> list[str]:
             "predictions that the calibration-for-benefit groups are computed on, so the "
             "groups' agreement with the diagonal is partly by construction."
         )
-    posterior, bootstrap = coverage.POSTERIOR, coverage.BOOTSTRAP
-    if result.model.individual_interval:
-        items.append(
-            f"Benefit intervals ({rule.level:.0%}) are the {learner_class(result.chosen).title}'s "
-            "posterior intervals for each patient's own benefit. They rest on its prior and "
-            "do not reflect unmeasured moderators or shift between the trial and practice. "
-            f"In simulated trials of {posterior.n} patients (recovery study, "
-            f"benchmarks/results/recovery.md) a 90% interval covered the patient's true "
-            f"benefit for {posterior.own:.0%} of patients (median width "
-            f"{posterior.width:.2f}); its misses are mostly the patients with the largest "
-            "and smallest benefits, whom its prior shrinks towards the average."
-        )
-    else:
-        items += [
-            f"Benefit intervals ({rule.level:.0%}) come from a bootstrap ensemble of "
-            f"{len(result.model.ensemble)} refits (plus the uncertainty of the benefit "
-            "recalibration, where used): they reflect estimation variance, not model "
-            "misspecification, unmeasured moderators or shift between the trial and practice. "
-            "They are for the average benefit among patients with the same predicted benefit; "
-            f"an individual's benefit varies more (in simulated trials of {bootstrap.n} "
-            f"patients, recovery study, a 90% interval covered that average for "
-            f"{bootstrap.group:.0%} of patients but the patient's own benefit for "
-            f"{bootstrap.own:.0%}).",
-        ]
+    items.append(_interval_limitation(result, rule.level))
     if result.ipcw.method == "complete_case":
         items.append(
             "Missing outcomes were handled by complete-case analysis, which assumes "

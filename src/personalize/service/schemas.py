@@ -63,6 +63,11 @@ class ArmOutcome(BaseModel):
     )
 
 
+_DEFAULT_BINARY = coverage.POSTERIOR["bcf", "binary"]
+_DEFAULT_CONTINUOUS = coverage.POSTERIOR["bayes_linear", "continuous"]
+_BOOTSTRAP = coverage.BOOTSTRAP["binary"]
+
+
 class Benefit(BaseModel):
     estimate: float = Field(description="treatment minus control, on the outcome's scale")
     lower: float = Field(description="lower end of the interval")
@@ -70,12 +75,13 @@ class Benefit(BaseModel):
     level: float = Field(
         description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
         "in `covers`, with how often it covered in simulated trials of "
-        f"{coverage.POSTERIOR.n} patients (recovery study; also in the model card): with a "
-        "Bayesian Causal Forest, this patient's own benefit (a posterior interval; a 90% "
-        f"interval covered it for {coverage.POSTERIOR.own:.0%} of patients); with a "
-        "bootstrap learner, the average benefit of patients like this one (covered for "
-        f"{coverage.BOOTSTRAP.group:.0%}; the patient's own benefit only for "
-        f"{coverage.BOOTSTRAP.own:.0%})"
+        f"{_DEFAULT_BINARY.n} patients (recovery study; also in the model card): with a "
+        "posterior learner (the defaults: a Bayesian Causal Forest for a binary outcome, a "
+        "Bayesian linear effect model for a continuous one), this patient's own benefit (a "
+        f"90% interval covered it for {_DEFAULT_BINARY.own:.0%} and "
+        f"{_DEFAULT_CONTINUOUS.own:.0%} of patients); with a bootstrap learner, the "
+        f"average benefit of patients like this one (covered for {_BOOTSTRAP.group:.0%}; "
+        f"the patient's own benefit only for {_BOOTSTRAP.own:.0%})"
     )
     covers: str = Field(description="what the interval is an interval for, in words")
     definition: str = Field(description="e.g. 'MBT minus CBT (positive favours MBT)'")

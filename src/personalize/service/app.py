@@ -150,7 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
-    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer, a 413 too
+    # outermost: on every answer, a 413 and a 500 too
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

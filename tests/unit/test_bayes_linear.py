@@ -71,8 +71,9 @@ def test_without_heterogeneity_every_patient_gets_the_same_interval_around_zero(
     learner = make_learner("bayes_linear", "continuous", 0).fit(X, t, y, np.ones(len(y)))
     lower, upper = interval(learner, X)
     assert np.mean((lower <= 0) & (upper >= 0)) > 0.95
-    # the horseshoe keeps the modifiers near zero: the benefit barely varies
-    assert learner.benefit(X).std() < 0.1 * (upper - lower).mean()
+    # the horseshoe keeps the modifiers small: the benefit varies by a fraction of its
+    # interval's width
+    assert learner.benefit(X).std() < 0.2 * (upper - lower).mean()
 
 
 def test_noise_covariates_do_not_modify_the_effect() -> None:

@@ -26,9 +26,9 @@ def ours(prefix: str) -> pd.DataFrame:
 
 # which committed records each stated figure comes from
 POSTERIOR_RECORDS: dict[tuple[str, Kind], str] = {
-    ("bayes_linear", "binary"): "stamp-bl",
-    ("bayes_linear", "continuous"): "stamp-continuous",  # the default for continuous
-    ("bcf", "binary"): "stamp",  # the default for binary outcomes
+    ("bayes_linear", "binary"): "stamp",  # the default
+    ("bayes_linear", "continuous"): "stamp-continuous",  # the default
+    ("bcf", "binary"): "stamp-bcf",
 }
 BOOTSTRAP_RECORDS: dict[Kind, str] = {
     "binary": "stamp-default",

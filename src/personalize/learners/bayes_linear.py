@@ -8,8 +8,11 @@ latent_a(x) = b + beta.z + code[a] * (gamma + delta.z), with z the standardized 
 The priors say what the model believes before the trial: the prognostic coefficients beta
 share one half-Cauchy scale, and the effect modifiers delta have a horseshoe prior
 (Carvalho, Polson & Scott 2010) whose global scale is half-Cauchy with a quarter of the
-outcome's spread: most covariates are expected to modify the effect little, a few may modify
-it much, and "no heterogeneity" is where the prior puts most of its weight. The intercept and
+outcome's spread, truncated below at a twentieth of it: most covariates are expected to
+modify the effect little and a few much. The truncation keeps the global scale from
+collapsing when most modifiers are null, which would shrink the real ones with them and
+leave the patients with the largest benefits outside their intervals (on simulated trials
+without it the 90% interval covered 82% of patients' own benefits, with it 87%). The intercept and
 the average effect gamma have wide normal priors. The posterior draws of each patient's
 benefit then give an interval that covers the patient's own benefit, not only that of
 patients like them, as long as the effect is close to linear in the covariates.
@@ -30,7 +33,7 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr, ndtri
+from scipy.special import gammainc, gammaincinv, ndtr, ndtri
 from scipy.stats import skew
 
 from personalize import fast_trees
@@ -48,6 +51,7 @@ from personalize.learners.linear import LinearDesign, _arm_predictors
 ARM_CODE = (-0.5, 0.5)  # the prognostic part is the arms' midpoint (as in `bcf`)
 PROGNOSTIC_SCALE = 1.0  # half-Cauchy scale of the prognostic coefficients, x outcome sd
 HETEROGENEITY_SCALE = 0.25  # half-Cauchy scale of the horseshoe's global scale, x outcome sd
+HETEROGENEITY_FLOOR = 0.05  # the global scale's least value, x outcome sd
 FLAT = 100.0  # prior sd of the intercept and the average effect, x outcome sd
 SKEWED = 1.0  # a positive covariate whose skewness exceeds this (and its log's) is logged
 
@@ -92,12 +96,20 @@ def _inverse_gamma(rng: np.random.Generator, shape: float, rate: np.ndarray) -> 
 
 
 def _global_scale(
-    rng: np.random.Generator, squares: np.ndarray, xi: float, a2: float
+    rng: np.random.Generator, squares: np.ndarray, xi: float, a2: float, floor: float = 0.0
 ) -> tuple[float, float]:
-    """One draw of a half-Cauchy(0, sqrt(a2)) scale's square given the coefficients' scaled
-    squares, and of its mixing variable xi."""
-    s2 = float(_inverse_gamma(rng, (len(squares) + 1) / 2, np.asarray(squares.sum() / 2 + 1 / xi)))
-    return s2, float(_inverse_gamma(rng, 1.0, np.asarray(1 / a2 + 1 / s2)))
+    """One draw of a half-Cauchy(0, sqrt(a2)) scale's square, truncated below at `floor`,
+    given the coefficients' scaled squares, and of its mixing variable xi. The square's
+    conditional is inverse-gamma; truncated, its reciprocal is a gamma below 1 / floor,
+    drawn by inverting the gamma's distribution function."""
+    shape, rate = (len(squares) + 1) / 2, float(squares.sum() / 2 + 1 / xi)
+    if floor > 0:
+        top = gammainc(shape, rate / floor)  # P(reciprocal <= 1 / floor)
+        g = gammaincinv(shape, rng.uniform(0.0, top)) / rate if top > 0 else 1 / floor
+        s2 = 1 / g if g > 0 else floor
+    else:
+        s2 = float(_inverse_gamma(rng, shape, np.asarray(rate)))
+    return max(s2, floor), float(_inverse_gamma(rng, 1.0, np.asarray(1 / a2 + 1 / s2)))
 
 
 def gibbs(
@@ -117,9 +129,10 @@ def gibbs(
     spread = 1.0 if binary else float(np.std(y)) or 1.0
     flat = (FLAT * spread) ** 2
     a_prog, a_het = (PROGNOSTIC_SCALE * spread) ** 2, (HETEROGENEITY_SCALE * spread) ** 2
+    floor = (HETEROGENEITY_FLOOR * spread) ** 2
     DtD = D.T @ D
     sigma2 = 1.0 if binary else float(np.var(y)) or 1.0
-    s_prog, xi_prog, s_het, xi_het = 1.0, 1.0, a_het, 1.0
+    s_prog, xi_prog, s_het, xi_het = 1.0, 1.0, max(a_het, floor), 1.0
     local, nu = np.ones(q), np.ones(q)  # the horseshoe's local scales (modifiers only)
     z = np.where(y > 0, 0.5, -0.5) if binary else y
     kept = []
@@ -144,7 +157,7 @@ def gibbs(
         d2 = beta[modifier] ** 2
         local[modifier] = _inverse_gamma(rng, 1.0, d2 / (2 * s_het) + 1 / nu[modifier])
         nu[modifier] = _inverse_gamma(rng, 1.0, 1 + 1 / local[modifier])
-        s_het, xi_het = _global_scale(rng, d2 / local[modifier], xi_het, a_het)
+        s_het, xi_het = _global_scale(rng, d2 / local[modifier], xi_het, a_het, floor)
         if sweep >= chain.burnin and (sweep - chain.burnin) % chain.every == chain.every - 1:
             kept.append(beta)
     return np.asarray(kept)
@@ -160,11 +173,10 @@ class BayesLinearLearner(EffectLearner):
     linear = True
     complexity = 3  # the simplest posterior learner: preferred among near-equals
     posterior = True
-    # The pre-specified learner for continuous outcomes: on simulated STAMP trials the most
-    # accurate, and its interval covered the patient's own benefit most often. For binary
-    # outcomes it is as accurate as `bcf` and sharper, but its interval covered 82% of
-    # patients against `bcf`'s 92% (docs/training.md, "Choosing a learner").
-    default_for = ("continuous",)
+    # The pre-specified learner for both outcome kinds: on simulated STAMP trials the most
+    # accurate, with the narrowest interval of those that cover 85-95% of patients' own
+    # benefits (docs/training.md, "Choosing a learner").
+    default_for = ("binary", "continuous")
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:
         super().__init__(kind, seed)

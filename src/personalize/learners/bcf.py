@@ -590,13 +590,9 @@ class BCFLearner(EffectLearner):
     )
     # Among near-equals after the Bayesian linear model (which shares its posterior
     # intervals and homogeneity-seeking prior) and before the learners without a posterior.
+    # Named in a pipeline file where effects are not expected to be close to linear.
     complexity = 5
     posterior = True
-    # The pre-specified learner for binary outcomes: on simulated STAMP trials as accurate as
-    # any, and the one whose 90% interval covered 85-95% of patients' own benefits. Not for
-    # continuous outcomes, where its interval covered 58% (docs/training.md, "Choosing a
-    # learner").
-    default_for = ("binary",)
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:
         super().__init__(kind, seed)

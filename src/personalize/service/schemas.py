@@ -63,7 +63,7 @@ class ArmOutcome(BaseModel):
     )
 
 
-_DEFAULT_BINARY = coverage.POSTERIOR["bcf", "binary"]
+_DEFAULT_BINARY = coverage.POSTERIOR["bayes_linear", "binary"]
 _DEFAULT_CONTINUOUS = coverage.POSTERIOR["bayes_linear", "continuous"]
 _BOOTSTRAP = coverage.BOOTSTRAP["binary"]
 
@@ -76,10 +76,10 @@ class Benefit(BaseModel):
         description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
         "in `covers`, with how often it covered in simulated trials of "
         f"{_DEFAULT_BINARY.n} patients (recovery study; also in the model card): with a "
-        "posterior learner (the defaults: a Bayesian Causal Forest for a binary outcome, a "
-        "Bayesian linear effect model for a continuous one), this patient's own benefit (a "
-        f"90% interval covered it for {_DEFAULT_BINARY.own:.0%} and "
-        f"{_DEFAULT_CONTINUOUS.own:.0%} of patients); with a bootstrap learner, the "
+        "posterior learner (the default Bayesian linear effect model, or a Bayesian Causal "
+        "Forest), this patient's own benefit (the default's 90% interval covered it for "
+        f"{_DEFAULT_BINARY.own:.0%} of patients with a binary outcome and "
+        f"{_DEFAULT_CONTINUOUS.own:.0%} with a continuous one); with a bootstrap learner, the "
         f"average benefit of patients like this one (covered for {_BOOTSTRAP.group:.0%}; "
         f"the patient's own benefit only for {_BOOTSTRAP.own:.0%})"
     )

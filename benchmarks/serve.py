@@ -373,6 +373,10 @@ def main() -> None:
         default=2,
         help="uvicorn worker processes for EACH server (default 2: the machine has 2 cores)",
     )
+    parser.add_argument(
+        "--learners", nargs="+", help="replace the pipeline's training.learners (e.g. bcf)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers: need at least 1")
@@ -387,6 +391,9 @@ def main() -> None:
     try:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         spec = load_pipeline(ROOT / "pipelines" / "stamp.yaml")
+        if args.learners:
+            training = spec.training.model_copy(update={"learners": args.learners})
+            spec = spec.model_copy(update={"training": training})
         print("training the demo model ...", flush=True)
         reg = registry.train(spec, simulate("stamp", 770, 9).cohort, uri)
         name = spec.registry.model_name
@@ -636,8 +643,8 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
     print()
     print(text)
 

@@ -169,3 +169,18 @@ class EffectLearner(ABC):
         heterogeneity test, the selection and the calibration report, which read only point
         predictions: a learner may make this copy cheaper than the one it serves."""
         return self.clone(seed)
+
+
+class PosteriorLearner(EffectLearner):
+    """A learner that samples a posterior: its answers for each arm are the means of its
+    posterior draws, and its interval comes from the draws themselves."""
+
+    posterior = True
+
+    @abstractmethod
+    def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws of the expected outcome under each arm (rows x draws)."""
+
+    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        mu0, mu1 = self.arm_draws(X)
+        return mu0.mean(axis=1), mu1.mean(axis=1)

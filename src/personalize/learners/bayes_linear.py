@@ -41,8 +41,8 @@ from personalize.data.columns import columns
 from personalize.learners.base import (
     ARM_DRIVER,
     ArmContributions,
-    EffectLearner,
     Kind,
+    PosteriorLearner,
     probit_contributions,
     rescale,
 )
@@ -163,7 +163,7 @@ def gibbs(
     return np.asarray(kept)
 
 
-class BayesLinearLearner(EffectLearner):
+class BayesLinearLearner(PosteriorLearner):
     name = "bayes_linear"
     title = "Bayesian linear effect model"
     description = (
@@ -172,7 +172,6 @@ class BayesLinearLearner(EffectLearner):
     )
     linear = True
     complexity = 3  # the simplest posterior learner: preferred among near-equals
-    posterior = True
     # The pre-specified learner for both outcome kinds: on simulated STAMP trials the most
     # accurate, with the narrowest interval of those that cover 85-95% of patients' own
     # benefits (docs/training.md, "Choosing a learner").
@@ -227,10 +226,6 @@ class BayesLinearLearner(EffectLearner):
 
         fast_trees.in_parts(len(R), rows)
         return mu0, mu1
-
-    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        mu0, mu1 = self.arm_draws(X)
-        return mu0.mean(axis=1), mu1.mean(axis=1)
 
     def contributions(
         self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None

@@ -37,8 +37,8 @@ from personalize.data.columns import columns
 from personalize.learners.base import (
     ARM_DRIVER,
     ArmContributions,
-    EffectLearner,
     Kind,
+    PosteriorLearner,
     probit_contributions,
     rescale,
 )
@@ -581,7 +581,7 @@ def _path_attributions(
                 phi[s + i, f] = acc[f, i]
 
 
-class BCFLearner(EffectLearner):
+class BCFLearner(PosteriorLearner):
     name = "bcf"
     title = "Bayesian Causal Forest"
     description = (
@@ -592,7 +592,6 @@ class BCFLearner(EffectLearner):
     # intervals and homogeneity-seeking prior) and before the learners without a posterior.
     # Named in a pipeline file where effects are not expected to be close to linear.
     complexity = 5
-    posterior = True
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:
         super().__init__(kind, seed)
@@ -674,10 +673,6 @@ class BCFLearner(EffectLearner):
         if self.kind == "binary":
             return ndtr(control), ndtr(control + effect)
         return control, control + effect
-
-    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        mu0, mu1 = self.arm_draws(X)
-        return mu0.mean(axis=1), mu1.mean(axis=1)
 
     def contributions(
         self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None

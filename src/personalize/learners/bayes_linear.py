@@ -12,10 +12,10 @@ outcome's spread, truncated below at a twentieth of it: most covariates are expe
 modify the effect little and a few much. The truncation keeps the global scale from
 collapsing when most modifiers are null, which would shrink the real ones with them and
 leave the patients with the largest benefits outside their intervals (on simulated trials
-without it the 90% interval covered 82% of patients' own benefits, with it 87%). The intercept and
-the average effect gamma have wide normal priors. The posterior draws of each patient's
-benefit then give an interval that covers the patient's own benefit, not only that of
-patients like them, as long as the effect is close to linear in the covariates.
+without it the 90% interval covered 82% of patients' own benefits, with it 87%). The
+intercept and the average effect gamma have wide normal priors. The posterior draws of each
+patient's benefit then give an interval that covers the patient's own benefit, not only
+that of patients like them, as long as the effect is close to linear in the covariates.
 
 A strictly positive covariate with a long right tail (a dose, a duration) enters as its
 logarithm, the scale on which such effects are usually linear (dose-response). Values below

@@ -37,7 +37,7 @@ from scipy.special import gammainc, gammaincinv, ndtr, ndtri
 from scipy.stats import skew
 
 from personalize import fast_trees
-from personalize.data.columns import columns
+from personalize.data.columns import columns, shared
 from personalize.learners.base import (
     ARM_DRIVER,
     ArmContributions,
@@ -210,10 +210,15 @@ class BayesLinearLearner(PosteriorLearner):
             self.weights_.append((W, const))
         return self
 
+    def _logged(self, X: pd.DataFrame) -> pd.DataFrame:
+        """X with the skewed covariates logged, once per input for the draws and the
+        drivers (`shared`: one patient's answer asks for both)."""
+        return shared(X, ("bayes-linear-logged", id(self)), lambda: self.logs_.apply(X))
+
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Posterior draws of the expected outcome under each arm (rows x draws): one
         compiled pass over the rows for both arms and every draw."""
-        R = self.design_.raw_matrix(self.logs_.apply(X))
+        R = self.design_.raw_matrix(self._logged(X))
         (W0, c0), (W1, c1) = self.weights_
         mu0, mu1 = np.empty((len(R), len(c0))), np.empty((len(R), len(c1)))
         binary = self.kind == "binary"
@@ -233,7 +238,7 @@ class BayesLinearLearner(PosteriorLearner):
         """Each feature's term of the posterior-mean linear predictor (exact on the latent
         scale; carried to probabilities as `bcf`'s are). `arms`: this learner's own
         `predict_arms(X)` when the caller has them."""
-        Xl = self.logs_.apply(X)
+        Xl = self._logged(X)
         coefs = [self.beta_.mean(axis=0) + c * self.delta_.mean(axis=0) for c in ARM_CODE]
         phi0, phi1 = self.design_.feature_terms(Xl, *coefs)
         pad = np.zeros((len(X), 1))

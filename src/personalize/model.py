@@ -40,6 +40,7 @@ ANSWER_COLUMNS = [
     "benefit_upper",
     "recommendation",
     "rationale",
+    "better_bet",
 ]
 OUTPUT_COLUMNS = [*ANSWER_COLUMNS, "drivers", "warnings"]
 
@@ -339,7 +340,7 @@ class PersonalizeModel:
             lower, upper = self.benefit_interval(X, benefit, draws)
             names, index, contribution, base, rest = self._top_drivers(X, explain, (p0, p1))
             warnings = self.training_range.warnings(X)
-        rec, why = self.rule.decide(benefit, lower, upper, preference)
+        decisions = self.rule.decide(benefit, lower, upper, preference)
         return Predictions(
             X=X,
             columns=cols,
@@ -349,8 +350,9 @@ class PersonalizeModel:
             benefit=benefit,
             benefit_lower=lower,
             benefit_upper=upper,
-            recommendation=rec,
-            rationale=why,
+            recommendation=decisions.recommendation,
+            rationale=decisions.rationale,
+            better_bet=decisions.better_bet,
             driver_names=names,
             driver_index=index,
             driver_contribution=contribution,
@@ -485,6 +487,7 @@ class Predictions:
     benefit_upper: np.ndarray
     recommendation: np.ndarray
     rationale: np.ndarray
+    better_bet: np.ndarray  # object: an arm label, None where the decision rule names none
     driver_names: list[str]
     driver_index: np.ndarray  # n x k, into driver_names; -1: no driver
     driver_contribution: np.ndarray  # n x k, on the outcome scale; + favours treatment

@@ -99,7 +99,9 @@ def signature(pipeline: Pipeline) -> ModelSignature:
     outputs: list[ColSpec | TensorSpec] = [ColSpec("string", pipeline.cohort.id, required=False)]
     for name in OUTPUT_COLUMNS:
         kind = (
-            "string" if name in ("recommendation", "rationale", "drivers", "warnings") else "double"
+            "string"
+            if name in ("recommendation", "rationale", "better_bet", "drivers", "warnings")
+            else "double"
         )
         outputs.append(ColSpec(kind, name))
     return ModelSignature(

@@ -361,9 +361,10 @@ def test_scorer_and_service_give_the_same_answers(
         "benefit_upper",
     ):
         assert np.array_equal(out[col].to_numpy(), service[col].to_numpy()), col
-    for col in ("recommendation", "rationale", "warnings"):
-        assert list(out[col]) == list(service[col]), col
+    for col in ("recommendation", "rationale", "better_bet", "warnings"):
+        assert list(out[col].fillna("")) == list(service[col].fillna("")), col
     assert (out["warnings"] != "[]").sum() >= 1
+    assert out["better_bet"].isin(["MBT", "CBT"]).any() and out["better_bet"].isna().any()
     for i, drivers in enumerate(service["drivers"]):
         listed = json.loads(drivers)
         for k in range(3):

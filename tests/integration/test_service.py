@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -245,8 +246,36 @@ def test_service_answers_exactly_what_predict_returns(
         )
         assert got["recommendation"] == row["recommendation"]
         assert got["rationale"] == row["rationale"]
+        assert got["better_bet"] == (None if pd.isna(row["better_bet"]) else row["better_bet"])
         assert got["drivers"] == json.loads(row["drivers"])
         assert got["warnings"] == json.loads(row["warnings"])
+
+
+@pytest.mark.slow
+def test_the_better_bet_only_for_an_open_choice_and_on_the_estimates_side(
+    client: TestClient, researcher: dict[str, str]
+) -> None:
+    """A patient left at `either` without a preference is told which arm their own estimate
+    favours; a patient with a preference, or with a recommendation, is told none."""
+    patients = [
+        {**STAMP_PATIENT, "treatment_preference": pref, "mme": mme, "phq8": phq8}
+        for pref in ("none", "MBT", "CBT")
+        for mme in (15, 60, 240)
+        for phq8 in (2, 20)
+    ]
+    r = client.post("/v1/recommendations/batch", json={"patients": patients}, headers=researcher)
+    assert r.status_code == 200, r.text
+    bets = set()
+    for patient, got in zip(patients, r.json()["results"], strict=True):
+        stated = patient["treatment_preference"] != "none"
+        if got["recommendation"] != "either" or stated:
+            assert got["better_bet"] is None
+            continue
+        side = "MBT" if got["benefit"]["estimate"] > 0 else "CBT"
+        assert got["better_bet"] == side
+        assert f"without a preference, {side} is the better bet" in got["rationale"]
+        bets.add(side)
+    assert bets  # the grid leaves at least one patient with an open choice
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The decision rule: recommendations need evidence of heterogeneity; the average effect
-alone recommends nobody (and so never goes against a stated preference)."""
+alone recommends nobody (and so never goes against a stated preference); a patient left at
+`either` without a preference is told the better bet, one with a preference never is."""
 
 from __future__ import annotations
 
@@ -33,34 +34,60 @@ def test_the_average_effect_alone_recommends_nobody_but_names_the_better_bet() -
     """Without detected heterogeneity a false average effect must not send patients to an
     arm (on a null trial it would send everyone without a contrary preference); the
     rationale says which arm the average favours, and for whom that is the better bet."""
-    rec, why = rule(evidence=True, heterogeneity=False).decide(BENEFIT, LOWER, UPPER, PREFERENCE)
+    rec, why, bet = rule(evidence=True, heterogeneity=False).decide(
+        BENEFIT, LOWER, UPPER, PREFERENCE
+    )
     assert list(rec) == [EITHER] * 4
-    assert all(w.startswith(NO_DIFFERENCE) and "average effect favours MBT by 20" in w for w in why)
+    assert all(w.startswith(NO_DIFFERENCE) and "estimate favours MBT by 20" in w for w in why)
     assert why[0].endswith("stated preference: MBT)") and why[1].endswith("preference: CBT)")
-    assert why[2].endswith("without a preference, MBT is the better choice on average)")
+    assert why[2].endswith(
+        "without a preference, MBT is the better bet: its estimate is higher by 20 "
+        "percentage points)"
+    )
     assert why[3] == why[2]  # a missing preference is no preference
+    assert list(bet) == [None, None, "MBT", "MBT"]  # never against (or beside) a preference
 
 
 def test_the_same_holds_for_the_control_arm() -> None:
-    rec, why = rule(evidence=True).decide(-BENEFIT, -UPPER, -LOWER, PREFERENCE)
+    rec, why, bet = rule(evidence=True).decide(-BENEFIT, -UPPER, -LOWER, PREFERENCE)
     assert list(rec) == [EITHER] * 4
-    assert "average effect favours CBT" in why[2] and "CBT is the better choice" in why[2]
+    assert "estimate favours CBT" in why[2] and "CBT is the better bet" in why[2]
+    assert list(bet) == [None, None, "CBT", "CBT"]
 
 
 def test_detected_heterogeneity_may_go_against_a_preference() -> None:
-    rec, why = rule(evidence=True, heterogeneity=True).decide(BENEFIT, LOWER, UPPER, PREFERENCE)
+    rec, why, bet = rule(evidence=True, heterogeneity=True).decide(
+        BENEFIT, LOWER, UPPER, PREFERENCE
+    )
     assert list(rec) == ["MBT"] * 4
     assert "higher chance of response" in why[1]
+    assert list(bet) == [None] * 4  # a recommendation is not a bet
 
 
 def test_no_evidence_means_either_for_everyone_with_the_preference_named() -> None:
-    rec, why = rule(evidence=False).decide(BENEFIT, LOWER, UPPER, PREFERENCE)
+    rec, why, bet = rule(evidence=False).decide(BENEFIT, LOWER, UPPER, PREFERENCE)
     assert list(rec) == [EITHER] * 4
-    assert why[0].endswith("stated preference: MBT") and "stated preference" not in why[2]
+    assert why[0].endswith("stated preference: MBT)") and "stated preference" not in why[2]
+    assert list(bet) == [None, None, "MBT", "MBT"]
 
 
 def test_an_interval_including_zero_or_a_small_benefit_gives_either() -> None:
     r = rule(evidence=True, heterogeneity=True)
-    rec, why = r.decide(np.array([0.2, 0.03]), np.array([-0.01, 0.01]), np.array([0.4, 0.05]))
+    rec, why, bet = r.decide(np.array([0.2, 0.03]), np.array([-0.01, 0.01]), np.array([0.4, 0.05]))
     assert list(rec) == [EITHER, EITHER]
     assert "includes no difference" in why[0] and "below the 5 percentage points margin" in why[1]
+    assert list(bet) == ["MBT", "MBT"]  # no preference given: the estimate's side
+
+
+def test_a_zero_estimate_names_no_better_bet() -> None:
+    rec, why, bet = rule(evidence=False).decide(np.zeros(1), -np.ones(1), np.ones(1))
+    assert list(rec) == [EITHER] and list(bet) == [None]
+    assert why[0] == f"{NO_DIFFERENCE} (the trial data show no reliable difference between arms)"
+
+
+def test_the_better_bet_follows_each_patients_own_estimate() -> None:
+    """Two patients of one model on opposite sides of zero, neither with a preference nor
+    with a reliable difference: each is told the arm their own estimate favours."""
+    r = rule(evidence=True, heterogeneity=True)
+    rec, _, bet = r.decide(np.array([0.04, -0.04]), np.array([-0.1, -0.2]), np.array([0.2, 0.1]))
+    assert list(rec) == [EITHER, EITHER] and list(bet) == ["MBT", "CBT"]

@@ -20,6 +20,8 @@ Output columns (one row per scored patient, in input order):
   response probability for binary outcomes);
 * `benefit` (treatment minus control), `benefit_lower`, `benefit_upper` (its interval);
 * `recommendation` (the treatment label, the control label or "either") and `rationale`;
+* `better_bet`: for a patient left at "either" without a stated preference, the arm the
+  patient's own estimate favours (empty otherwise);
 * for k = 1..K (`--explain K`): `driver_k_feature`, `driver_k_value` (the patient's value,
   as text), `driver_k_contribution` (on the outcome's scale; positive favours the
   treatment arm); empty where a patient has fewer than k drivers;
@@ -285,7 +287,8 @@ def output_schema(pipeline: Pipeline, explain: int) -> pa.Schema:
     fields = [pa.field(pipeline.cohort.id, pa.string())]
     numbers = ["outcome_control", "outcome_treatment", "benefit", "benefit_lower"]
     fields += [pa.field(name, pa.float64()) for name in [*numbers, "benefit_upper"]]
-    fields += [pa.field("recommendation", pa.string()), pa.field("rationale", pa.string())]
+    texts = ("recommendation", "rationale", "better_bet")
+    fields += [pa.field(name, pa.string()) for name in texts]
     for k in range(1, explain + 1):
         fields += [
             pa.field(f"driver_{k}_feature", pa.string()),

@@ -294,7 +294,8 @@ def model_card_dict(
             f"predicted benefit is at least {margin_text}; recommend {control} in the "
             f"mirror-image case. Otherwise the recommendation is 'either' with the "
             f'rationale "{NO_DIFFERENCE}", and the patient\'s stated preference is echoed '
-            "when known."
+            "when known; a patient without one is told the better bet, the arm their own "
+            "estimate favours (not a recommendation: the difference is not reliable)."
         ),
         "evidence_status": (
             f"Evidence {'passed' if rule.evidence else 'did not pass'}: "

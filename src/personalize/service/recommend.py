@@ -57,6 +57,7 @@ def score(loaded: LoadedModel, patients: Sequence[dict[str, Any]], explain: int)
         | {
             "recommendation": str(pred.recommendation[i]),
             "rationale": str(pred.rationale[i]),
+            "better_bet": pred.better_bet[i],
             "drivers": drivers,
             "warnings": warnings,
             "base_value": None if pred.driver_base is None else float(pred.driver_base[i]),

@@ -149,6 +149,13 @@ class Recommendation(BaseModel):
     recommendation: str = Field(description="the treatment label, the control label or 'either'")
     recommendation_role: Literal["treatment", "control", "either"]
     rationale: str = Field(description="why, in plain language")
+    better_bet: str | None = Field(
+        default=None,
+        description="for a patient left at 'either' without a stated preference: the arm this "
+        "patient's own estimate favours, the better bet when one arm must be chosen (higher "
+        "expected outcome under the model, though not a reliable difference); null otherwise, "
+        "and never against a stated preference",
+    )
     arms: dict[str, ArmOutcome] = Field(description="per arm, keyed by the arm's label")
     benefit: Benefit
     outcome: OutcomeInfo
@@ -627,6 +634,7 @@ def recommendation_from_row(
         recommendation=rec,
         recommendation_role=role,
         rationale=str(row["rationale"]),
+        better_bet=row.get("better_bet"),
         arms={
             t: arm("treatment", finite(row["outcome_treatment"])),
             c: arm("control", finite(row["outcome_control"])),

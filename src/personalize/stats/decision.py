@@ -6,6 +6,7 @@ Stored with the model so the service and the batch scorer decide identically.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,6 +14,16 @@ from personalize.config import NO_PREFERENCE
 
 EITHER = "either"
 NO_DIFFERENCE = "no reliable difference: follow patient preference"
+
+
+class Decisions(NamedTuple):
+    """Per patient: the recommendation, its rationale, and the better bet (the arm the
+    patient's own estimate favours, for a patient left at `either` without a stated
+    preference; None otherwise)."""
+
+    recommendation: np.ndarray
+    rationale: np.ndarray
+    better_bet: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,9 @@ class DecisionRule:
         lower: np.ndarray,
         upper: np.ndarray,
         preference: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per patient: recommendation (treatment label, control label or "either") and a
-        plain-language rationale."""
+    ) -> Decisions:
+        """Per patient: recommendation (treatment label, control label or "either"), a
+        plain-language rationale, and the better bet (below)."""
         n = len(benefit)
         rec = np.full(n, EITHER, dtype=object)
         why = np.empty(n, dtype=object)
@@ -53,42 +64,41 @@ class DecisionRule:
         rec[favour_t] = self.treatment
         rec[favour_c] = self.control
         stated = self._stated(preference, n)
-        # Without detected heterogeneity only the average effect speaks, and it says nothing
-        # about this patient: no recommendation (a false average effect would otherwise send
-        # every patient without a contrary preference to one arm). The rationale names the
-        # arm the average favours, the better bet for a patient without a preference.
+        # Without detected heterogeneity the trial cannot say how this patient differs from
+        # the average: no recommendation (a false average effect would otherwise send every
+        # patient without a contrary preference to one arm).
         average_only = np.zeros(n, dtype=bool)
         favoured = np.where(favour_t, self.treatment, self.control)
         if not self.heterogeneity:
             average_only = rec != EITHER
             rec[average_only] = EITHER
+        # A patient left at `either` without a preference still gets one arm or the other;
+        # the arm the patient's own estimate favours is the better bet (higher expected
+        # outcome under the model), and no worse than a coin. Never offered against a
+        # stated preference, and never a recommendation.
+        open_choice = (rec == EITHER) & (stated == "")
+        bet = np.full(n, None, dtype=object)
+        bet[open_choice & (benefit > 0)] = self.treatment
+        bet[open_choice & (benefit < 0)] = self.control
         pct = f"{self.level:.0%}"
         what = "chance of response" if self.binary else "improvement"
         for i in range(n):
             if average_only[i]:
-                if stated[i]:
-                    tail = f"stated preference: {stated[i]}"
-                else:
-                    tail = f"without a preference, {favoured[i]} is the better choice on average"
                 why[i] = (
-                    f"{NO_DIFFERENCE} (the average effect favours {favoured[i]} by "
+                    f"{NO_DIFFERENCE} (the estimate favours {favoured[i]} by "
                     f"{self._amount(benefit[i])}, but no heterogeneity was detected to say how "
-                    f"this patient differs; {tail})"
+                    f"this patient differs from the average"
                 )
             elif rec[i] == EITHER:
-                reason = NO_DIFFERENCE
+                why[i] = NO_DIFFERENCE
                 if not self.evidence:
-                    reason += " (the trial data show no reliable difference between arms)"
+                    why[i] += " (the trial data show no reliable difference between arms"
                 elif lower[i] <= 0 <= upper[i]:
-                    reason += f" (the {pct} interval for {self._whom} includes no difference)"
+                    why[i] += f" (the {pct} interval for {self._whom} includes no difference"
                 else:
-                    reason += (
-                        f" (the expected difference is below the "
-                        f"{self._amount(self.margin)} margin)"
+                    why[i] += (
+                        f" (the expected difference is below the {self._amount(self.margin)} margin"
                     )
-                if stated[i]:
-                    reason += f"; stated preference: {stated[i]}"
-                why[i] = reason
             else:
                 better, worse = (
                     (self.treatment, self.control)
@@ -101,7 +111,17 @@ class DecisionRule:
                     f"minus {self.control}: {self._signed(lower[i])} to "
                     f"{self._signed(upper[i])})"
                 )
-        return rec, why
+                continue
+            if stated[i]:
+                why[i] += f"; stated preference: {stated[i]})"
+            elif bet[i] is not None:
+                why[i] += (
+                    f"; without a preference, {bet[i]} is the better bet: its estimate is "
+                    f"higher by {self._amount(benefit[i])})"
+                )
+            else:
+                why[i] += ")"
+        return Decisions(rec, why, bet)
 
     @property
     def _whom(self) -> str:

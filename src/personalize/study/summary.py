@@ -30,6 +30,7 @@ SUMMARY_MEDIANS = [
     "width",
     "width_at_level",
     "gain_capture",
+    "gain_capture_bet",
     "share_against_preference",
     "accuracy_against_preference",
     "seconds",
@@ -49,6 +50,7 @@ TABLE_COLUMNS = [
     ("width", "width", "{:.3f}"),
     ("width_at_level", "width at nominal cov.", "{:.3f}"),
     ("gain_capture", "gain capture", "{:.2f}"),
+    ("gain_capture_bet", "gain capture (better bet)", "{:.2f}"),
     ("share_either_min", "either (worst rep.)", "{:.2f}"),
     ("het_reject_rate", "het. rejects", "{:.2f}"),
     ("seconds", "s/fit", "{:.1f}"),
@@ -79,7 +81,8 @@ def summarize(records: pd.DataFrame, level: float) -> pd.DataFrame:
             "sd_true": float(g["sd_true"].median()),
         }
         for col in SUMMARY_MEDIANS:
-            row[col] = float(g[col].median()) if g[col].notna().any() else math.nan
+            present = col in g and g[col].notna().any()  # older records lack newer metrics
+            row[col] = float(g[col].median()) if present else math.nan
         row["pehe_q25"] = float(g["pehe"].quantile(0.25))
         row["pehe_q75"] = float(g["pehe"].quantile(0.75))
         row["pehe_over_sd"] = float((g["pehe"] / g["sd_true"]).median())

@@ -21,7 +21,10 @@ Definitions (every number in the tables):
   resolved as a clinic would: the stated preference, and either arm at random (the mean of
   the two arms' true outcomes) for a patient without one. `share_against_preference` and
   `accuracy_against_preference`: recommendations that contradict a stated preference, and
-  how often they name the truly better arm.
+  how often they name the truly better arm. `gain_capture_bet`: the same with a patient
+  without a preference given the method's *better bet*, the arm its own benefit estimate
+  favours (what the product names for such a patient when it recommends `either`; a zero
+  estimate stays at random).
 - **accuracy**: among patients with a non-`either` recommendation, the share whose
   recommended arm is truly better (a true benefit of exactly 0, as everywhere on
   `stamp-null`, counts as wrong: the recommendation had no basis).
@@ -216,9 +219,14 @@ def score(
         preference == treatment, tr, np.where(preference == control, ct, (tr + ct) / 2)
     )
     decided = np.where(active, np.where(rec > 0, tr, ct), follow)
-    m["gain_capture"] = (
-        float((decided.mean() - best) / (oracle - best)) if oracle - best > 1e-12 else math.nan
+    bet = np.where(b > 0, tr, np.where(b < 0, ct, (tr + ct) / 2))
+    decided_bet = np.where(
+        active | (preference == treatment) | (preference == control), decided, bet
     )
+    for key, outcome in (("gain_capture", decided), ("gain_capture_bet", decided_bet)):
+        m[key] = (
+            float((outcome.mean() - best) / (oracle - best)) if oracle - best > 1e-12 else math.nan
+        )
     stated_arm = np.where(preference == treatment, 1, np.where(preference == control, -1, 0))
     against = active & (stated_arm != 0) & (rec != stated_arm)
     m["share_against_preference"] = float(against.mean())

@@ -371,6 +371,7 @@ def test_fill_submit_and_read_the_recommendation(tab: Tab, service: Service) -> 
         assert headline == f"{expected['recommendation']} is favoured for this patient"
     assert page.locator(".rationale").inner_text().lower() == expected["rationale"].lower()
     assert "Stated preference: CBT" in page.locator(".recommendation").inner_text()
+    assert expected["better_bet"] is None and page.locator(".rec-bet").count() == 0
 
     # per-arm chart: one bar per arm, the numbers the API gives
     arms_chart = page.locator("#arms-chart svg")
@@ -412,6 +413,27 @@ def test_fill_submit_and_read_the_recommendation(tab: Tab, service: Service) -> 
     # (the field by its role: a label search for "Age" also finds the waterfall's "Average")
     page.get_by_role("spinbutton", name="Age").fill("59")
     assert page.locator("#stale-note").is_visible()
+
+
+@pytest.mark.slow
+def test_a_patient_without_a_preference_is_shown_the_better_bet(tab: Tab, service: Service) -> None:
+    page = tab.page
+    enter_key(page, service.key)
+    page.locator("#fields input").first.wait_for()
+    fill_patient(page, PATIENT, "none")
+    page.get_by_role("button", name="Estimate response").click()
+    result_ready(page)
+    expected = service.api("/v1/recommendations", {"patient": {**PATIENT, PREFERENCE[0]: "none"}})
+    assert page.locator(".rationale").inner_text().lower() == expected["rationale"].lower()
+    bet = expected["better_bet"]
+    if bet is None:  # a recommendation, not a bet
+        assert expected["recommendation_role"] != "either"
+        assert page.locator(".rec-bet").count() == 0
+    else:
+        assert page.locator(".rec-bet").inner_text() == (
+            f"Without a preference, {bet} is the better bet: this patient's estimate favours "
+            "it, though not reliably."
+        )
 
 
 def with_a_missing_driver(service: Service) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -867,6 +867,11 @@
     either && pref === undefined && state.preference
       ? h("p", { class: "rec-pref" }, "The patient's preference was not recorded: ask them.")
       : null,
+    result.better_bet
+      ? h("p", { class: "rec-bet" }, "Without a preference, ",
+        h("strong", {}, result.better_bet),
+        " is the better bet: this patient's estimate favours it, though not reliably.")
+      : null,
     h("p", { class: "rationale" }, capitalise(result.rationale)));
     box.append(rec);
 

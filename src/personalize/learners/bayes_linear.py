@@ -28,6 +28,7 @@ random given those, and weights would distort the posterior's width.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
 
@@ -37,7 +38,7 @@ from scipy.special import gammainc, gammaincinv, ndtr, ndtri
 from scipy.stats import skew
 
 from personalize import fast_trees
-from personalize.data.columns import columns, shared
+from personalize.data.columns import Column, columns, shared
 from personalize.learners.base import (
     ARM_DRIVER,
     ArmContributions,
@@ -89,6 +90,13 @@ class LogScale:
             name: np.log(np.maximum(X[name].to_numpy(dtype=float), floor))
             for name, floor in self.floor_.items()
         })  # fmt: skip
+
+    def apply_columns(self, cols: Mapping[str, Column]) -> dict[str, Column]:
+        """`apply` on a frame's columns (`columns`): no frame built."""
+        return {**cols, **{
+            name: Column(np.log(np.maximum(cols[name].values, floor)), float64=True)
+            for name, floor in self.floor_.items()
+        }}  # fmt: skip
 
 
 def _inverse_gamma(rng: np.random.Generator, shape: float, rate: np.ndarray) -> np.ndarray:
@@ -210,10 +218,12 @@ class BayesLinearLearner(PosteriorLearner):
             self.weights_.append((W, const))
         return self
 
-    def _logged(self, X: pd.DataFrame) -> pd.DataFrame:
-        """X with the skewed covariates logged, once per input for the draws and the
-        drivers (`shared`: one patient's answer asks for both)."""
-        return shared(X, ("bayes-linear-logged", id(self)), lambda: self.logs_.apply(X))
+    def _logged(self, X: pd.DataFrame) -> dict[str, Column]:
+        """X's columns with the skewed covariates logged, once per input for the draws and
+        the drivers (`shared`: one patient's answer asks for both)."""
+        return shared(
+            X, ("bayes-linear-logged", id(self)), lambda: self.logs_.apply_columns(columns(X))
+        )
 
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Posterior draws of the expected outcome under each arm (rows x draws): one

@@ -8,7 +8,7 @@ centered encoding: exact, and zero for a patient at the cohort average.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Self
 
 import numba
@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from personalize import fast_trees
-from personalize.data.columns import columns, shared
+from personalize.data.columns import Column, columns, shared
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, rescale
 from personalize.learners.boosting import sigmoid
 
@@ -28,8 +28,17 @@ C = 1.0
 BLOCK_VALUES = 1 << 16  # predictors per block (rows x learners) mapped while in cache
 
 
+Features = pd.DataFrame | Mapping[str, Column]  # a frame, or its columns already converted
+
+
+def _columns_of(X: Features) -> Mapping[str, Column]:
+    return columns(X) if isinstance(X, pd.DataFrame) else X
+
+
 class LinearDesign:
-    """Encoding learned from training rows; `groups` maps columns back to features."""
+    """Encoding learned from training rows; `groups` maps columns back to features. The
+    readers take a frame or its columns (`columns`), e.g. columns derived from a frame's
+    without building another frame."""
 
     def fit(self, X: pd.DataFrame, weight: np.ndarray) -> Self:
         self.features_ = list(X.columns)
@@ -48,9 +57,9 @@ class LinearDesign:
         self.center_ = np.average(Z, axis=0, weights=weight)
         return self
 
-    def _encode(self, X: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
+    def _encode(self, X: Features) -> tuple[np.ndarray, list[int]]:
         blocks, groups = [], []
-        cols = columns(X)
+        cols = _columns_of(X)
         for j, name in enumerate(self.features_):
             col = cols[name]
             if col.levels is not None:
@@ -63,16 +72,16 @@ class LinearDesign:
                 groups.append(j)
         return np.hstack(blocks), groups
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
+    def transform(self, X: Features) -> np.ndarray:
         return self._encode(X)[0] - self.center_
 
-    def raw_matrix(self, X: pd.DataFrame) -> np.ndarray:
+    def raw_matrix(self, X: Features) -> np.ndarray:
         """X without the learned centring and scaling: per numeric feature its value where
         present (0 where missing) and a presence indicator; per categorical its one-hot
         columns. Shared by every design fitted on the same features (a bootstrap ensemble),
         so several fitted models score X from one matrix (`raw_weights`)."""
         blocks = []
-        cols = columns(X)
+        cols = _columns_of(X)
         for name in self.features_:
             col = cols[name]
             if col.levels is not None:
@@ -100,14 +109,14 @@ class LinearDesign:
         return np.asarray(weights), -float(coef @ self.center_)
 
     def feature_terms(
-        self, X: pd.DataFrame, coef0: np.ndarray, coef1: np.ndarray
+        self, X: Features, coef0: np.ndarray, coef1: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per coefficient vector, transform(X) * coef summed into per-feature
         contributions (n x features), in one compiled pass with numpy's arithmetic in its
         order: each encoded column as `_encode` computes it, centred, times its
         coefficient, added to its feature's sum in column order from 0.0."""
-        cols = columns(X)
-        V = np.empty((len(X), len(self.features_)))
+        cols = _columns_of(X)
+        V = np.empty((len(cols[self.features_[0]].values), len(self.features_)))
         level = np.full(len(self.groups_), -1, dtype=np.int64)
         mean, sd = np.zeros(len(self.groups_)), np.ones(len(self.groups_))
         c = 0

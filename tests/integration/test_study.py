@@ -94,6 +94,25 @@ def test_either_follows_the_stated_preference() -> None:
     assert m["share_either"] == 1.0
 
 
+def test_gain_capture_with_and_without_the_better_bet() -> None:
+    """`either` follows a stated preference; without one, a coin (gain capture) or the arm
+    the method's own estimate favours (gain capture with the better bet; a zero estimate
+    stays a coin)."""
+    truth = toy_truth()  # oracle 0.45, best single arm (treatment) 0.425
+    benefit = np.array([0.1, -0.1, 0.0, 0.2])
+    pred = Prediction(benefit, benefit - 1, benefit + 1, np.zeros(4, dtype=int), ate=0.05)
+    pref = np.array(["none", "none", "none", "C"], dtype=object)
+    m = score(pred, truth, pref, "T", "C")
+    coin = np.mean([(0.4 + 0.2) / 2, (0.2 + 0.3) / 2, 0.4, 0.5])
+    bet = np.mean([0.4, 0.3, 0.4, 0.5])  # T, C, coin (0.4 either way), the preference C
+    assert m["gain_capture"] == pytest.approx((coin - 0.425) / 0.025)
+    assert m["gain_capture_bet"] == pytest.approx((bet - 0.425) / 0.025)
+    # a recommendation is followed either way, even against the estimate's side
+    rec = np.array([-1, 0, 0, 0])
+    m = score(Prediction(benefit, None, None, rec, ate=0.05), truth, pref, "T", "C")
+    assert m["gain_capture_bet"] == pytest.approx((np.mean([0.2, 0.3, 0.4, 0.5]) - 0.425) / 0.025)
+
+
 def test_constant_prediction_pehe_is_the_sd_of_the_truth() -> None:
     truth = toy_truth()
     tau = truth.benefit

@@ -41,8 +41,8 @@ def test_the_average_effect_alone_recommends_nobody_but_names_the_better_bet() -
     assert all(w.startswith(NO_DIFFERENCE) and "estimate favours MBT by 20" in w for w in why)
     assert why[0].endswith("stated preference: MBT)") and why[1].endswith("preference: CBT)")
     assert why[2].endswith(
-        "without a preference, MBT is the better bet: its estimate is higher by 20 "
-        "percentage points)"
+        "without a preference, MBT is the better bet: its expected chance of response is "
+        "higher by 20 percentage points)"
     )
     assert why[3] == why[2]  # a missing preference is no preference
     assert list(bet) == [None, None, "MBT", "MBT"]  # never against (or beside) a preference

@@ -116,8 +116,8 @@ class DecisionRule:
                 why[i] += f"; stated preference: {stated[i]})"
             elif bet[i] is not None:
                 why[i] += (
-                    f"; without a preference, {bet[i]} is the better bet: its estimate is "
-                    f"higher by {self._amount(benefit[i])})"
+                    f"; without a preference, {bet[i]} is the better bet: its expected "
+                    f"{what} is higher by {self._amount(benefit[i])})"
                 )
             else:
                 why[i] += ")"

@@ -30,7 +30,7 @@ class MeasuredCoverage:
 # per posterior learner and outcome kind, and for the bootstrap learners per kind.
 POSTERIOR: dict[tuple[str, Kind], MeasuredCoverage] = {
     ("bayes_linear", "binary"): MeasuredCoverage(
-        own=0.87, group=1.00, width=0.34, n=770, replications=10
+        own=0.89, group=1.00, width=0.341, n=770, replications=30
     ),
     ("bayes_linear", "continuous"): MeasuredCoverage(
         own=0.86, group=1.00, width=1.585, n=770, replications=30

@@ -84,19 +84,24 @@ class LogScale:
         return self
 
     def apply(self, X: pd.DataFrame) -> pd.DataFrame:
+        """X with the skewed covariates logged (training: the design is fitted on a frame)."""
         if not self.floor_:
             return X
         return X.assign(**{
-            name: np.log(np.maximum(X[name].to_numpy(dtype=float), floor))
+            name: self._log(X[name].to_numpy(dtype=float), floor)
             for name, floor in self.floor_.items()
         })  # fmt: skip
 
     def apply_columns(self, cols: Mapping[str, Column]) -> dict[str, Column]:
-        """`apply` on a frame's columns (`columns`): no frame built."""
+        """`apply` on a frame's columns (`columns`): no frame built (scoring)."""
         return {**cols, **{
-            name: Column(np.log(np.maximum(cols[name].values, floor)), float64=True)
+            name: Column(self._log(cols[name].values, floor), float64=True)
             for name, floor in self.floor_.items()
         }}  # fmt: skip
+
+    @staticmethod
+    def _log(values: np.ndarray, floor: float) -> np.ndarray:
+        return np.asarray(np.log(np.maximum(values, floor)))
 
 
 def _inverse_gamma(rng: np.random.Generator, shape: float, rate: np.ndarray) -> np.ndarray:

@@ -219,15 +219,13 @@ def score(
         preference == treatment, tr, np.where(preference == control, ct, (tr + ct) / 2)
     )
     decided = np.where(active, np.where(rec > 0, tr, ct), follow)
+    stated_arm = np.where(preference == treatment, 1, np.where(preference == control, -1, 0))
     bet = np.where(b > 0, tr, np.where(b < 0, ct, (tr + ct) / 2))
-    decided_bet = np.where(
-        active | (preference == treatment) | (preference == control), decided, bet
-    )
+    decided_bet = np.where(active | (stated_arm != 0), decided, bet)
     for key, outcome in (("gain_capture", decided), ("gain_capture_bet", decided_bet)):
         m[key] = (
             float((outcome.mean() - best) / (oracle - best)) if oracle - best > 1e-12 else math.nan
         )
-    stated_arm = np.where(preference == treatment, 1, np.where(preference == control, -1, 0))
     against = active & (stated_arm != 0) & (rec != stated_arm)
     m["share_against_preference"] = float(against.mean())
     m["accuracy_against_preference"] = (

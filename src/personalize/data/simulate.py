@@ -16,6 +16,11 @@ Scenarios (``SCENARIOS``)
     The same cohort generator (same covariates, allocation and dropout for the same seed),
     but both arms have identical potential outcomes for every patient: nothing to
     personalize.
+``stamp-<family>``
+    The STAMP cohort with another shape of truth from the scenario library
+    (``personalize.data.families``; e.g. ``stamp-threshold``, ``stamp-u-shape``): the same
+    covariates, allocation and dropout for the same seed, another moderation, prognosis or
+    noise. ``stamp`` is the ``linear`` family and ``stamp-null`` the ``null`` one.
 ``optimum``
     Mindfulness group medical visit (``group_visit``) vs ``usual_care``, shaped after OPTIMUM
     (Morone et al., JAMA Intern Med 2026): N = 451, PEG outcome, low adherence, different
@@ -73,6 +78,8 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.special import expit, ndtr, ndtri
 
+from personalize.data.families import FAMILIES, HIDDEN, NORMAL, Family, Noise
+
 __all__ = [
     "SCENARIOS",
     "Scenario",
@@ -86,7 +93,12 @@ __all__ = [
     "truth_for",
 ]
 
-SCENARIOS: tuple[str, ...] = ("stamp", "stamp-null", "optimum")
+# the library's other families on the STAMP cohort, by scenario name
+LIBRARY: dict[str, str] = {
+    f"stamp-{name}": name for name in FAMILIES if name not in ("linear", "null")
+}
+SCENARIOS: tuple[str, ...] = ("stamp", "stamp-null", "optimum", *LIBRARY)
+
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -221,6 +233,13 @@ class Scenario:
     ]
     missing: Callable[[pd.DataFrame, np.random.Generator], dict[str, BoolArray]]
     visit_columns: Callable[[str], list[str]]  # all outcome columns of one visit
+    noise: Noise = NORMAL  # the outcome noise's distribution (SD 1 before `sigma`)
+    spread: Callable[[pd.DataFrame], FloatArray] | None = None  # per-patient SD multiplier
+    hidden: bool = False  # a modifier the trial does not record (column `HIDDEN`)
+
+    def noise_sd(self, frame: pd.DataFrame) -> FloatArray:
+        sd = np.full(len(frame), self.sigma)
+        return sd if self.spread is None else sd * self.spread(frame)
 
     @property
     def arms(self) -> tuple[str, str]:
@@ -236,28 +255,54 @@ def _paired_outcome(
 ) -> dict[str, dict[str, FloatArray]]:
     """Per arm and visit: the unclipped change and the clipped follow-up of the main score."""
     b = frame[sc.outcome_baseline].to_numpy(dtype=np.float64)
+    sd = sc.noise_sd(frame)
+    noise = [sc.noise.from_normal(e) for e in eps]
     out: dict[str, dict[str, FloatArray]] = {}
     for arm in sc.arms:
         per: dict[str, FloatArray] = {}
         for i, visit in enumerate(sc.visits):
-            change = sc.mean_change(frame, arm, visit) + sc.sigma * eps[i]
+            change = sc.mean_change(frame, arm, visit) + sd * noise[i]
             per[f"change_{visit}"] = change
             per[visit] = np.clip(b + change, sc.lo, sc.hi)
         out[arm] = per
     return out
 
 
-def _truth(sc: Scenario, frame: pd.DataFrame) -> pd.DataFrame:
+QUADRATURE = 2000  # midpoint quantiles of the noise for a non-normal truth's expectation
+
+
+def _arm_truth(sc: Scenario, frame: pd.DataFrame, arm: str) -> tuple[FloatArray, FloatArray]:
+    """(P(responder), E[follow-up - baseline]) under one arm; exact for normal noise, and
+    for other noise the probability exact and the clipped mean by quadrature (error below
+    1e-4 points)."""
     b = frame[sc.outcome_baseline].to_numpy(dtype=np.float64)
     thr = sc.threshold(b)
+    m = b + sc.mean_change(frame, arm, sc.primary_visit)
+    if sc.noise.dist is None and sc.spread is None:
+        p = clipped_normal_cdf(m, sc.sigma, thr, sc.lo, sc.hi)
+        return p, clipped_normal_mean(m, sc.sigma, sc.lo, sc.hi) - b
+    sd = sc.noise_sd(frame)
+    p = sc.noise.cdf((thr - m) / sd)
+    p = np.where(thr >= sc.hi, 1.0, np.where(thr < sc.lo, 0.0, p))
+    q = sc.noise.quantiles(QUADRATURE)
+    mean = np.empty(len(m))
+    for start in range(0, len(m), 2048):  # bounded memory: rows x quantiles per block
+        part = slice(start, start + 2048)
+        values = m[part, None] + sd[part, None] * q[None, :]
+        mean[part] = np.clip(values, sc.lo, sc.hi).mean(axis=1)
+    return np.asarray(p, dtype=np.float64), mean - b
+
+
+def _truth(sc: Scenario, frame: pd.DataFrame) -> pd.DataFrame:
+    """Each patient's true quantities; with an unmeasured modifier, their expectation over
+    it given what the trial records (the best any model of recorded covariates can do)."""
     cols: dict[str, object] = {sc.id_column: frame[sc.id_column].to_numpy()}
-    change: dict[str, FloatArray] = {}
+    frames = [frame.assign(**{HIDDEN: v}) for v in (0.0, 1.0)] if sc.hidden else [frame]
+    per = {arm: [_arm_truth(sc, f, arm) for f in frames] for arm in sc.arms}
     for arm in sc.arms:
-        m = b + sc.mean_change(frame, arm, sc.primary_visit)
-        cols[f"p_response_{arm}"] = clipped_normal_cdf(m, sc.sigma, thr, sc.lo, sc.hi)
-        change[arm] = clipped_normal_mean(m, sc.sigma, sc.lo, sc.hi) - b
+        cols[f"p_response_{arm}"] = np.mean([p for p, _ in per[arm]], axis=0)
     for arm in sc.arms:
-        cols[f"expected_change_{arm}"] = change[arm]
+        cols[f"expected_change_{arm}"] = np.mean([c for _, c in per[arm]], axis=0)
     return pd.DataFrame(cols)
 
 
@@ -292,11 +337,10 @@ _STAMP_EFFECT_SCALE = {"m3": 0.8, "m6": 1.0, "m9": 1.0, "m12": 0.9}
 _STAMP_SIGMA = 1.7
 _STAMP_MISSING_ALPHA = {"m3": -1.4553, "m6": -1.0026, "m9": -0.8510, "m12": -0.7535}
 
-# Moderators (on the change scale; negative favours MBT). Applied half to each arm.
+# Moderators (on the change scale; negative favours MBT), applied half to each arm: the
+# preference match here, the family's continuous moderation (the linear family's:
+# `families.linear_moderation`) in `_stamp_mean_change`.
 _PREF_MATCH = 0.36  # each arm: -0.36 if it is the preferred arm, +0.36 if the other one is
-_MME_PER_DOUBLING = -0.42  # per doubling of MME above 60 MME/day: MBT relatively better
-_PHQ8_PER_POINT = -0.05  # per PHQ-8 point above 10.5: MBT relatively better
-_NONJUDGING_PER_POINT = -0.10  # per FFMQ non-judging point above 9.5: MBT relatively better
 
 
 def _stamp_baseline(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -388,40 +432,35 @@ def _stamp_prognostic(frame: pd.DataFrame) -> FloatArray:
     )
 
 
-def _stamp_moderation(frame: pd.DataFrame) -> FloatArray:
-    """tau(x) on the BPI-change scale, MBT minus CBT, from the continuous moderators only
-    (negative favours MBT). Preference is handled per arm in ``_stamp_mean_change``."""
-    return (
-        _MME_PER_DOUBLING * np.log2(_num(frame, "mme") / 60.0)
-        + _PHQ8_PER_POINT * (_num(frame, "phq8") - 10.5)
-        + _NONJUDGING_PER_POINT * (_num(frame, "ffmq_nonjudging") - 9.5)
-    )
+def _stamp_mean_change(family: Family) -> Callable[[pd.DataFrame, str, str], FloatArray]:
+    """The arm's mean BPI change: the STAMP prognosis (plus the family's), and the family's
+    moderation (the linear family: tau(x) from the continuous moderators, negative favours
+    MBT) with the preference match, applied half to each arm."""
+    moderation = family.moderation
 
-
-def _stamp_mean_change(null: bool) -> Callable[[pd.DataFrame, str, str], FloatArray]:
     def mean_change(frame: pd.DataFrame, arm: str, visit: str) -> FloatArray:
         base = _stamp_prognostic(frame)
-        if null:
+        if family.prognosis is not None:
+            base = base + family.prognosis(frame)
+        if moderation is None:
             return _STAMP_INTERCEPT["null"][visit] + base
         pref = frame["treatment_preference"].to_numpy(dtype=object)
         other = "CBT" if arm == "MBT" else "MBT"
         match = np.where(pref == arm, -_PREF_MATCH, np.where(pref == other, _PREF_MATCH, 0.0))
         half = 0.5 if arm == "MBT" else -0.5
         scale = _STAMP_EFFECT_SCALE[visit]
-        return (
-            _STAMP_INTERCEPT[arm][visit] + base + scale * (match + half * _stamp_moderation(frame))
-        )
+        return _STAMP_INTERCEPT[arm][visit] + base + scale * (match + half * moderation(frame))
 
     return mean_change
 
 
 def _stamp_outcomes(
-    null: bool,
+    name: str,
 ) -> Callable[[pd.DataFrame, np.random.Generator], tuple[dict[str, pd.DataFrame], pd.DataFrame]]:
     def outcomes(
         frame: pd.DataFrame, rng: np.random.Generator
     ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-        sc = _SCENARIO_TABLE["stamp-null" if null else "stamp"]
+        sc = _SCENARIO_TABLE[name]
         n = len(frame)
         nv = len(_STAMP_VISITS)
         eps = _ar_noise(rng, n, nv)
@@ -641,9 +680,9 @@ def _optimum_visit_columns(visit: str) -> list[str]:
     return [f"peg_{visit}"]
 
 
-def _make_stamp(null: bool) -> Scenario:
+def _make_stamp(name: str, family: Family) -> Scenario:
     return Scenario(
-        name="stamp-null" if null else "stamp",
+        name=name,
         id_column="participant_id",
         arm_column="arm",
         treatment="MBT",
@@ -657,16 +696,20 @@ def _make_stamp(null: bool) -> Scenario:
         visits=_STAMP_VISITS,
         threshold=lambda b: 0.7 * b,
         baseline=_stamp_baseline,
-        mean_change=_stamp_mean_change(null),
-        outcomes=_stamp_outcomes(null),
+        mean_change=_stamp_mean_change(family),
+        outcomes=_stamp_outcomes(name),
         missing=_stamp_missing,
         visit_columns=_stamp_visit_columns,
+        noise=family.noise,
+        spread=family.spread,
+        hidden=family.hidden,
     )
 
 
 _SCENARIO_TABLE: dict[str, Scenario] = {
-    "stamp": _make_stamp(null=False),
-    "stamp-null": _make_stamp(null=True),
+    "stamp": _make_stamp("stamp", FAMILIES["linear"]),
+    "stamp-null": _make_stamp("stamp-null", FAMILIES["null"]),
+    **{name: _make_stamp(name, FAMILIES[family]) for name, family in LIBRARY.items()},
     "optimum": Scenario(
         name="optimum",
         id_column="patient_id",
@@ -730,6 +773,8 @@ def simulate_full(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(int(seed))
     base = sc.baseline(rng, int(n))
+    if sc.hidden:  # its own stream: the recorded cohort is the same as the other families'
+        base[HIDDEN] = (np.random.default_rng([int(seed), 1]).random(int(n)) < 0.5).astype(float)
     per_arm, extra = sc.outcomes(base, rng)
     arm = base[sc.arm_column].to_numpy(dtype=object)
     observed_cols = list(per_arm[sc.treatment].columns)
@@ -744,13 +789,13 @@ def simulate_full(
         },
         index=base.index,
     )
-    complete = pd.concat([base, extra, followups], axis=1)
+    complete = pd.concat([base, extra, followups], axis=1).drop(columns=[HIDDEN], errors="ignore")
     missing = sc.missing(base, rng)
     recorded = complete.copy()
     for visit, mask in missing.items():
         for col in sc.visit_columns(visit):
             recorded[col] = recorded[col].where(~mask)
-    truth = _truth(sc, base)
+    truth = _truth(sc, base.drop(columns=[HIDDEN], errors="ignore"))
     return SimulatedTrial(cohort=recorded, truth=truth, scenario=sc.name), complete
 
 

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from personalize.config import Pipeline, load_pipeline
+from personalize.data.simulate import LIBRARY
 
 # The simulator's scenarios and the pipeline each ships with: the truth file describes
 # that pipeline's outcome, and a scenario alone runs its shipped pipeline.
@@ -61,6 +62,8 @@ DEFAULT_PIPELINES = {
     "stamp": "pipelines/stamp.yaml",
     "stamp-null": "pipelines/stamp-null.yaml",
     "optimum": "pipelines/optimum.yaml",
+    # the scenario library's families share the STAMP cohort and its outcome columns
+    **{name: "pipelines/stamp.yaml" for name in LIBRARY},
 }
 GROUPS = 20  # twentiles of predicted benefit for the projected-benefit coverage
 

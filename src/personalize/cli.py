@@ -218,7 +218,10 @@ def promote(
     except registry.GateError as exc:
         fail(f"not promoted: {exc}", code=1)
     for check in checks:
-        out.print(f"  passed: {check}", highlight=False)
+        if check.startswith(registry.CHECK_WARNING):
+            out.print(f"  [yellow]warning[/]: {check}", highlight=False)
+        else:
+            out.print(f"  passed: {check}", highlight=False)
     out.print(f"{name} version {version} is now {registry.CHAMPION!r}", highlight=False)
 
 

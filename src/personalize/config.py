@@ -166,6 +166,9 @@ class Training(Strict):
 class Decision(Strict):
     margin: float = Field(default=0.05, ge=0)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    # the better bet is offered only when the favoured arm is better for the patient with
+    # at least this posterior (or bootstrap) probability
+    bet_level: float = Field(default=0.8, ge=0.5, lt=1)
 
 
 SLOPE_Z = 1.96  # the slope gate's 95% confidence interval
@@ -214,6 +217,9 @@ class Pipeline(Strict):
     training: Training = Training()
     decision: Decision = Decision()
     gates: Gates = Gates()
+    # a fired model check (docs/training.md, "Model checks") blocks promotion, or with
+    # `warn` lets it through with a warning on every answer
+    checks: Literal["block", "warn"] = "block"
     registry: Registry
     # features to report performance by (TRIPOD+AI fairness): categorical -> its levels,
     # numeric -> bands at the given cut points, e.g. {sex: null, age: [50, 65]}

@@ -26,6 +26,7 @@ from personalize.learners import ARM_DRIVER, EffectLearner
 from personalize.learners.base import rescale
 from personalize.stats import coverage
 from personalize.stats.calibration import ArmCalibrator, BenefitCalibration
+from personalize.stats.checks import ModelChecks
 from personalize.stats.decision import DecisionRule
 from personalize.stats.prognosis import Prognosis, split_arms
 
@@ -108,6 +109,13 @@ class PersonalizeModel:
     rule: DecisionRule
     training_range: TrainingRange
     info: ModelInfo
+    # the out-of-fold model checks (`stats.checks`); None for a model trained before them
+    checks: ModelChecks | None = None
+
+    @property
+    def checks_passed(self) -> bool:
+        """No check fired (a model trained before the checks counts as passed)."""
+        return self.checks is None or self.checks.passed
 
     @property
     def binary(self) -> bool:

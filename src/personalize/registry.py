@@ -55,6 +55,7 @@ from personalize.portable import (  # PersonalizePyfunc: registered models name 
     signature,
     typical_patient,
 )
+from personalize.stats.checks import ModelChecks
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -65,6 +66,8 @@ RUN_HOST = "personalize.host"
 RUN_PID = "personalize.pid"
 RUN_PROCESS = "personalize.process"  # boot id and start time: a reused pid is another process
 RUN_ENDED = "personalize.ended"
+CHECK_TAG = "check."  # a version tag per model check: check.<name>.fired / .reason
+CHECK_WARNING = "model check fired, promoted under `checks: warn`: "
 INCOMPLETE = "personalize.incomplete"  # a version tag: registered without its gate metrics
 PACKAGES = [
     "personalize",
@@ -412,6 +415,7 @@ def _train(
         result = training.fit(pipeline, frame, step=step)
         mlflow.set_tag("cohort_sha256", result.model.info.cohort_sha256)
         mlflow.set_tag("learner", result.chosen)
+        mlflow.set_tag("checks_passed", str(result.checks.passed).lower())
         mlflow.log_params(learner_params(result.model.learner, result.chosen))
         mlflow.log_metrics(_finite(result.metrics()))
         mlflow.log_dict(result.ipcw.summary(), "ipcw.json")
@@ -423,6 +427,7 @@ def _train(
                 "groups": result.groups.to_dict(),
                 "policy": result.policy.to_dict(),
                 "decision_rule": result.model.rule.to_dict(),
+                "checks": result.checks.to_dict(),
             },
             "evidence.json",
         )
@@ -452,6 +457,7 @@ def _train(
             "learner": result.chosen,
             "run_id": run.info.run_id,
             **{key: str(value) for key, value in _gate_metrics(result).items()},
+            **_check_tags(result.checks),
         }
         with contextlib.redirect_stderr(io.StringIO()):  # "Created version ..." chatter
             # the version row and all its tags, gate metrics included, in one step
@@ -479,6 +485,15 @@ def _gate_metrics(result: Any) -> dict[str, float]:
         out[f"gate.calibration_slope_se.{arm}"] = cal.slope_se
         if cal.ece is not None:
             out[f"gate.ece.{arm}"] = cal.ece
+    return out
+
+
+def _check_tags(checks: ModelChecks) -> dict[str, str]:
+    """Each model check's verdict and reason as version tags: what `promote` reads."""
+    out = {}
+    for check in checks.checks:
+        out[f"{CHECK_TAG}{check.name}.fired"] = str(check.fired).lower()
+        out[f"{CHECK_TAG}{check.name}.reason"] = f"{check.title}: {check.reason}"[:5000]
     return out
 
 
@@ -618,6 +633,17 @@ def promote(name: str, version: str, tracking_uri: str | None = None) -> tuple[s
         raise GateError(f"{name}/{version} carries no gate metrics; retrain it")
     if failed:
         raise GateError("gates failed: " + "; ".join(failed))
+    fired = [
+        mv.tags.get(f"{key[: -len('.fired')]}.reason", key[len(CHECK_TAG) : -len(".fired")])
+        for key, raw in sorted(mv.tags.items())
+        if key.startswith(CHECK_TAG) and key.endswith(".fired") and raw == "true"
+    ]
+    if fired and pipe.checks == "block":
+        raise GateError(
+            "model checks fired (set `checks: warn` in the pipeline to promote anyway): "
+            + "; ".join(fired)
+        )
+    checked += [f"{CHECK_WARNING}{reason}" for reason in fired]
     client.set_registered_model_alias(name, CHAMPION, version)
     return version, checked
 

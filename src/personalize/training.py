@@ -26,6 +26,7 @@ from personalize.stats.calibration import (
     assess,
     choose_calibrator,
 )
+from personalize.stats.checks import ModelChecks, benefit_slope_check, comparator_check
 from personalize.stats.decision import DecisionRule
 from personalize.stats.evidence import (
     BLPResult,
@@ -44,6 +45,11 @@ from personalize.stats.missingness import IPCW, ipcw_weights
 from personalize.stats.prognosis import Prognosis, split_arms
 
 Step = Callable[[str], None]
+
+# The flexible learner the served model is checked against (`model_checks`): one LightGBM
+# model per arm, already cross-fitted as the doubly-robust scores' outcome model, so the
+# check costs no extra fit.
+COMPARATOR_LEARNER = "t"
 
 
 @dataclass
@@ -92,6 +98,7 @@ class TrainResult:
     subgroups: list[dict[str, Any]] = field(default_factory=list)
     importance: dict[str, float] = field(default_factory=dict)
     share_either: float = float("nan")  # of the training patients, under the final model
+    checks: ModelChecks = field(default_factory=lambda: ModelChecks(()))
 
     def metrics(self) -> dict[str, float]:
         m: dict[str, float] = {
@@ -108,6 +115,7 @@ class TrainResult:
             "policy/gain_ci_low": self.policy.gain_ci_low,
             "policy/gain_ci_high": self.policy.gain_ci_high,
             "decision/share_either": self.share_either,
+            **self.checks.metrics(prefix="check/"),
         }
         for arm, cal in self.calibration.items():
             for key, value in cal.to_dict().items():
@@ -130,6 +138,8 @@ class TrainResult:
             "ate_ci": [self.blp.ate_ci_low, self.blp.ate_ci_high],
             "autoc": self.autoc.estimate,
             "autoc_ci": [self.autoc.ci_low, self.autoc.ci_high],
+            "checks_passed": self.checks.passed,
+            "checks_fired": [c.name for c in self.checks.fired],
         }
 
 
@@ -292,6 +302,69 @@ def one_se_choice(candidates: dict[str, Candidate], scores: np.ndarray) -> str:
     return best
 
 
+def fold_calibrated_benefit(
+    cohort: Cohort,
+    e: float,
+    nuisance: tuple[np.ndarray, np.ndarray],
+    tau_raw: np.ndarray,
+    weight: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """`tau_raw` calibrated for benefit fold by fold, each fold by the map the other folds'
+    BLP gives: a comparator's benefit stays out of fold, so its DR-loss is not flattered by
+    a calibration fitted on the outcomes it is scored against."""
+    out = np.empty(len(tau_raw))
+    for train, test in folds:
+        blp = blp_test(
+            cohort.y[train],
+            cohort.treated[train],
+            e,
+            nuisance[0][train],
+            nuisance[1][train],
+            tau_raw[train],
+            weight[train],
+        )
+        diff = blp.differential_forest_prediction
+        bc = BenefitCalibration.from_blp(
+            blp.ate, blp.ate_se, diff.estimate, diff.se, float(np.mean(tau_raw[train]))
+        )
+        out[test] = bc.apply(tau_raw[test])
+    return out
+
+
+def model_checks(
+    pipeline: Pipeline,
+    cohort: Cohort,
+    weight: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    e: float,
+    nuisance: tuple[np.ndarray, np.ndarray],
+    oof: dict[str, tuple[np.ndarray, np.ndarray]],
+    scores: np.ndarray,
+    chosen: Candidate,
+) -> ModelChecks:
+    """The chosen learner's checks (`stats.checks`), from out-of-fold predictions only."""
+    applied = 1.0 if learner_class(chosen.name).posterior else chosen.benefit_calibration.slope
+    slope = benefit_slope_check(chosen.blp.heterogeneity, applied)
+    comparator = learner_class(COMPARATOR_LEARNER)
+    title = f"{comparator.title} over LightGBM"
+    if chosen.name == COMPARATOR_LEARNER:
+        versus = comparator_check(scores, chosen.tau, chosen.tau, title)
+    else:
+        if COMPARATOR_LEARNER in oof:
+            mu = oof[COMPARATOR_LEARNER]
+        elif isinstance(outcome_learner(pipeline.outcome.kind, 0), comparator):
+            mu = nuisance  # the DR scores' outcome model is this learner: the same fit
+        else:
+            kind, seed = pipeline.outcome.kind, pipeline.training.seed
+            learner = make_learner(COMPARATOR_LEARNER, kind, seed)
+            mu = cross_fit(learner, cohort, weight, folds)
+        arms = calibrate_arms(pipeline, cohort, weight, *mu, folds)
+        tau = fold_calibrated_benefit(cohort, e, nuisance, arms.mu1 - arms.mu0, weight, folds)
+        versus = comparator_check(scores, chosen.tau, tau, title)
+    return ModelChecks((slope, versus))
+
+
 def progress_steps(pipeline: Pipeline) -> int:
     """How many times `fit` calls its `step` callback (for a progress bar)."""
     cfg = pipeline.training
@@ -364,6 +437,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
     autoc = rate(best.tau, scores, "AUTOC", seed=cfg.seed)
     qini = rate(best.tau, scores, "QINI", seed=cfg.seed)
     groups = benefit_calibration_by_group(best.tau, scores)
+    checks = model_checks(pipeline, cohort, weight, folds, e, nuisance, oof, scores, best)
     step("heterogeneity evidence")
 
     alpha = pipeline.decision.alpha
@@ -418,6 +492,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
             n_patients=len(cohort),
             synthetic=pipeline.synthetic,
         ),
+        checks=checks,
     )
     result = TrainResult(
         model=model,
@@ -435,6 +510,7 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         policy=policy_value(scores, best.tau > 0, seed=cfg.seed),
         scores=scores,
         oof_benefit=best.tau,
+        checks=checks,
     )
     result.importance = moderator_importance(model, cohort.X)
     result.subgroups = subgroup_performance(

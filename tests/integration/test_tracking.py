@@ -24,6 +24,7 @@ from personalize.data.table import write_table
 from personalize.data.validate import CohortError
 from support.postgres import PostgresDatabase
 from support.servers import free_port, stop, wait_ok
+from support.trials import toy_pipeline, toy_trial
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +173,32 @@ def test_promote_moves_champion_only_through_the_gates(uri: str, cohort) -> None
     assert str(client.get_model_version_by_alias(reg.model_name, "champion").version) == reg.version
     with pytest.raises(registry.GateError, match="no model version"):
         registry.promote(reg.model_name, "99", uri)
+
+
+def test_a_model_whose_checks_fired_is_promoted_only_under_checks_warn(uri: str) -> None:
+    """A linear model of a U-shaped benefit fails its flexible-comparator check: `promote`
+    refuses it, naming the check and why; the same pipeline with `checks: warn` promotes
+    it and says what fired."""
+    frame = toy_trial("u", 800, seed=1)
+    blocked = toy_pipeline(name=f"toy-{uuid.uuid4().hex[:6]}")
+    reg = registry.train(blocked, frame, uri)
+    tags = MlflowClient(uri).get_model_version(reg.model_name, reg.version).tags
+    assert tags["check.comparator.fired"] == "true"
+    with pytest.raises(registry.GateError, match=r"model checks fired.*flexible comparator"):
+        registry.promote(reg.model_name, reg.version, uri)
+    client = MlflowClient(uri)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(reg.model_name, "champion")
+    metrics = client.get_run(reg.run_id).data.metrics
+    assert metrics["check/comparator/fired"] == 1.0 and metrics["check/passed"] == 0.0
+
+    warned = toy_pipeline(name=f"toy-{uuid.uuid4().hex[:6]}", checks="warn")
+    reg = registry.train(warned, frame, uri)
+    version, checks = registry.promote(reg.model_name, "candidate", uri)
+    assert version == reg.version
+    assert any(c.startswith(registry.CHECK_WARNING) and "flexible comparator" in c for c in checks)
+    model = registry.load_model(f"models:/{reg.model_name}/{reg.version}", uri)
+    assert not model.checks_passed
 
 
 def test_complete_case_runs_are_tagged(uri: str, cohort) -> None:

@@ -396,6 +396,7 @@ def model_card_dict(
             "doubly-robust score (SE in brackets).",
             "rows": _ordered_subgroups(pipeline, result.subgroups),
         },
+        "checks": _checks(result),
         "limitations": _limitations(result),
     }
     clean: dict[str, Any] = _json_ready(card)
@@ -533,6 +534,26 @@ def _rate_dict(res: Any) -> dict[str, Any]:
     return {k: v for k, v in res.to_dict().items() if k != "toc"}
 
 
+def _checks(result: TrainResult) -> dict[str, Any]:
+    """The model checks (docs/training.md, "Model checks") and what a fired one means."""
+    checks = result.checks
+    policy = result.model.pipeline.checks
+    return {
+        "passed": checks.passed,
+        "policy": policy,
+        "warning": checks.warning(),
+        "note": "Out of fold. A fired check blocks promotion"
+        + (
+            "; this pipeline says 'checks: warn', so a fired check is shown as a warning "
+            "with every answer instead"
+            if policy == "warn"
+            else " (the pipeline may say 'checks: warn' to release the model with a warning)"
+        )
+        + ".",
+        "checks": [c.to_dict() for c in checks.checks],
+    }
+
+
 def _limitations(result: TrainResult) -> list[str]:
     pipeline = result.model.pipeline
     rule = result.model.rule
@@ -543,6 +564,9 @@ def _limitations(result: TrainResult) -> list[str]:
             "The training data are SYNTHETIC (simulated patients). Every number in "
             "this card describes the simulation, not real patients."
         )
+    warning = result.checks.warning()
+    if warning is not None:
+        items.append(f"WARNING: {warning}.")
     items += [
         f"Population: trained on one randomized trial's participants ({len(result.cohort)} "
         "patients); the model is valid at most for patients who would have met that "

@@ -126,6 +126,11 @@ def card_summary(card: Mapping[str, Any]) -> str:
         f"an observed outcome); {data.get('statement') or data.get('description', '')}",
         f"Heterogeneity: {verdict} (adjusted p = "
         f"{p_value(het.get('differential_p_adjusted'))}, alpha {het.get('alpha')}).",
+        (
+            f"WARNING, model checks failed: {card['checks']['warning']}."
+            if card.get("checks") and not card["checks"].get("passed", True)
+            else ""
+        ),
         f"Outcome: {card['outcome'].get('definition', '')}; "
         f"learner {card['model'].get('learner')}.",
     ]

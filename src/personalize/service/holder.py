@@ -98,6 +98,8 @@ class LoadedModel:
             source=source,
             synthetic=synthetic,
             synthetic_notice=SYNTHETIC_NOTICE if synthetic else None,
+            checks_passed=model.checks_passed,
+            checks_warning=None if model.checks is None else model.checks.warning(),
             trained_on=TrainedOn(
                 pipeline=pipeline.name,
                 description=pipeline.description,

@@ -136,6 +136,15 @@ class ModelBlock(BaseModel):
     )
     synthetic: bool = Field(description="true when the model was trained on synthetic data")
     synthetic_notice: str | None
+    checks_passed: bool = Field(
+        default=True,
+        description="false when one of the model's out-of-fold checks fired (it was promoted "
+        "under the pipeline's `checks: warn`)",
+    )
+    checks_warning: str | None = Field(
+        default=None,
+        description="which checks fired and why, in one line; null when every check passed",
+    )
     trained_on: TrainedOn
 
 

@@ -111,6 +111,11 @@ def run_ours(
         "benefit_slope_raw": model.benefit_calibration.raw_slope,
         "benefit_slope_se": model.benefit_calibration.slope_se,
         "raw_p": result.blp.differential_forest_prediction.p_value,
+        # the model checks: with the truth's coverage, their hit and false-alarm rates
+        "checks_fired": float(not result.checks.passed),
+        **{f"check_{c.name}_fired": float(c.fired) for c in result.checks.checks},
+        **{f"check_{c.name}": c.statistic for c in result.checks.checks},
+        **{f"check_{c.name}_p": c.p_value for c in result.checks.checks},
         **{f"cand_{k}_p": v for k, v in cand_p.items()},
         **{f"cand_{k}_dr_loss": c.dr_loss for k, c in result.candidates.items()},
         **{f"cand_{k}_r_loss": c.r_loss for k, c in result.candidates.items()},

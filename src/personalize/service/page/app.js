@@ -882,6 +882,13 @@
           "method and must not inform a clinical decision."));
     }
 
+    if (result.model && result.model.checks_warning) {
+      box.append(h("section", { class: "alert alert-warning model-checks", "aria-labelledby": "checks-title" },
+        h("h3", { id: "checks-title" }, "This model failed its checks"),
+        h("p", {}, capitalise(result.model.checks_warning) + ". " +
+          "It was released with a warning: weigh its estimates with care.")));
+    }
+
     if (result.warnings.length) {
       box.append(h("section", { class: "alert alert-warning warnings", "aria-labelledby": "warn-title" },
         h("h3", { id: "warn-title" }, "Check before relying on this estimate"),
@@ -975,6 +982,7 @@
         t.n_patients ? `${t.n_patients.toLocaleString("en")} patients` : null]
         .filter(Boolean).join("; ")],
       ["Data", m.synthetic ? "Synthetic: a simulated cohort, no real patients" : "Trial data"],
+      ["Checks", m.checks_warning ? "Failed (released with a warning)" : "Passed"],
       ["Pipeline", t.pipeline],
       ["Loaded from", m.source === "cache"
         ? "Local cache: the model registry is unreachable, the last loaded copy is served"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 from personalize import fast_trees
 from personalize.config import CategoricalFeature, NumericFeature, Pipeline
@@ -42,6 +42,7 @@ ANSWER_COLUMNS = [
     "recommendation",
     "rationale",
     "better_bet",
+    "better_bet_probability",
 ]
 OUTPUT_COLUMNS = [*ANSWER_COLUMNS, "drivers", "warnings"]
 
@@ -210,7 +211,18 @@ class PersonalizeModel:
         benefit: np.ndarray,
         draws: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The benefit's interval at the rule's level.
+        """The benefit's interval at the rule's level (`benefit_uncertainty`)."""
+        lower, upper, _ = self.benefit_uncertainty(X, benefit, draws)
+        return lower, upper
+
+    def benefit_uncertainty(
+        self,
+        X: pd.DataFrame,
+        benefit: np.ndarray,
+        draws: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The benefit's interval at the rule's level, and the probability that the benefit
+        is positive (treatment better), from the same uncertainty: the better bet's.
 
         A posterior learner's is the equal-tailed posterior interval of the patient's
         benefit (from `draws`, or computed). Otherwise it is benefit +- z * sd, where sd
@@ -221,12 +233,17 @@ class PersonalizeModel:
         input (`fast_trees.batch`; raw scores bit-identical to LightGBM's), so the interval
         no longer costs one LightGBM call per member and arm. With a benefit slope of 0
         (no heterogeneity: the calibrated benefit ignores the learner) the members' spread
-        does not enter and is not computed."""
+        does not enter and is not computed.
+
+        The probability is the share of posterior draws with a positive benefit; for the
+        others Phi(benefit / sd), the normal the interval is read from."""
         if self.learner.posterior:
             d0, d1 = self._posterior(X, draws)
+            diff = d1 - d0
             tail = (1 - self.rule.level) / 2
-            lower, upper = np.quantile(d1 - d0, [tail, 1 - tail], axis=1)
-            return np.minimum(lower, benefit), np.maximum(upper, benefit)
+            lower, upper = np.quantile(diff, [tail, 1 - tail], axis=1)
+            positive = (diff > 0).mean(axis=1) + 0.5 * (diff == 0).mean(axis=1)
+            return np.minimum(lower, benefit), np.maximum(upper, benefit), positive
         bc = self.benefit_calibration
         with self._batch():
             if bc.slope == 0:  # the members' spread is multiplied by 0: skip computing it
@@ -235,8 +252,11 @@ class PersonalizeModel:
                 var = bc.slope**2 * self._member_benefits(X).var(axis=1, ddof=1)
             var += bc.coefficient_var(self._raw_benefit(self.learner, X))
         z = float(ndtri(0.5 + self.rule.level / 2))  # the normal quantile, as norm.ppf
-        half = z * np.sqrt(var)
-        return benefit - half, benefit + half
+        sd = np.sqrt(var)
+        half = z * sd
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positive = np.where(sd > 0, ndtr(benefit / sd), 0.5 + 0.5 * np.sign(benefit))
+        return benefit - half, benefit + half, positive
 
     @cached_property
     def _boosters(self) -> list[Any]:
@@ -345,10 +365,10 @@ class PersonalizeModel:
             draws = self.arm_draws(X)
             p0, p1 = self.arms(X, draws)
             benefit = p1 - p0
-            lower, upper = self.benefit_interval(X, benefit, draws)
+            lower, upper, p_treatment = self.benefit_uncertainty(X, benefit, draws)
             names, index, contribution, base, rest = self._top_drivers(X, explain, (p0, p1))
             warnings = self.training_range.warnings(X)
-        decisions = self.rule.decide(benefit, lower, upper, preference)
+        decisions = self.rule.decide(benefit, lower, upper, preference, p_treatment)
         return Predictions(
             X=X,
             columns=cols,
@@ -361,6 +381,7 @@ class PersonalizeModel:
             recommendation=decisions.recommendation,
             rationale=decisions.rationale,
             better_bet=decisions.better_bet,
+            better_bet_probability=decisions.better_bet_probability,
             driver_names=names,
             driver_index=index,
             driver_contribution=contribution,
@@ -496,6 +517,8 @@ class Predictions:
     recommendation: np.ndarray
     rationale: np.ndarray
     better_bet: np.ndarray  # object: an arm label, None where the decision rule names none
+    # the probability that the better bet's arm is better for the patient; NaN: no bet
+    better_bet_probability: np.ndarray
     driver_names: list[str]
     driver_index: np.ndarray  # n x k, into driver_names; -1: no driver
     driver_contribution: np.ndarray  # n x k, on the outcome scale; + favours treatment

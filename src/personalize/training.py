@@ -464,6 +464,8 @@ def fit(pipeline: Pipeline, frame: pd.DataFrame, step: Step | None = None) -> Tr
         binary=binary,
         heterogeneity=het,
         individual=learner_class(chosen).posterior,
+        bet_level=pipeline.decision.bet_level,
+        checks_passed=checks.passed,
     )
 
     learner = make_learner(chosen, pipeline.outcome.kind, cfg.seed)

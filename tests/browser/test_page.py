@@ -426,13 +426,14 @@ def test_a_patient_without_a_preference_is_shown_the_better_bet(tab: Tab, servic
     expected = service.api("/v1/recommendations", {"patient": {**PATIENT, PREFERENCE[0]: "none"}})
     assert page.locator(".rationale").inner_text().lower() == expected["rationale"].lower()
     bet = expected["better_bet"]
-    if bet is None:  # a recommendation, not a bet
-        assert expected["recommendation_role"] != "either"
+    if bet is None:  # a recommendation, or no arm favoured with the rule's probability
+        assert expected["better_bet_probability"] is None
         assert page.locator(".rec-bet").count() == 0
     else:
+        percent = round(expected["better_bet_probability"] * 100)
         assert page.locator(".rec-bet").inner_text() == (
-            f"Without a preference, {bet} is the better bet: this patient's estimate favours "
-            "it, though not reliably."
+            f"Without a preference, {bet} is the better bet: a {percent}% probability that it "
+            "is the better programme for this patient, though not a reliable difference."
         )
 
 

@@ -363,8 +363,12 @@ def test_scorer_and_service_give_the_same_answers(
         assert np.array_equal(out[col].to_numpy(), service[col].to_numpy()), col
     for col in ("recommendation", "rationale", "better_bet", "warnings"):
         assert list(out[col].fillna("")) == list(service[col].fillna("")), col
+    bet_p = out["better_bet_probability"].to_numpy(dtype=float)
+    assert np.array_equal(bet_p, service["better_bet_probability"].to_numpy(float), equal_nan=True)
     assert (out["warnings"] != "[]").sum() >= 1
     assert out["better_bet"].isin(["MBT", "CBT"]).any() and out["better_bet"].isna().any()
+    assert np.array_equal(np.isnan(bet_p), out["better_bet"].isna().to_numpy())
+    assert (bet_p[~np.isnan(bet_p)] >= 0.8).all()
     for i, drivers in enumerate(service["drivers"]):
         listed = json.loads(drivers)
         for k in range(3):

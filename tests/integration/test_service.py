@@ -247,6 +247,8 @@ def test_service_answers_exactly_what_predict_returns(
         assert got["recommendation"] == row["recommendation"]
         assert got["rationale"] == row["rationale"]
         assert got["better_bet"] == (None if pd.isna(row["better_bet"]) else row["better_bet"])
+        p = row["better_bet_probability"]
+        assert got["better_bet_probability"] == (None if pd.isna(p) else p)
         assert got["drivers"] == json.loads(row["drivers"])
         assert got["warnings"] == json.loads(row["warnings"])
 
@@ -255,8 +257,10 @@ def test_service_answers_exactly_what_predict_returns(
 def test_the_better_bet_only_for_an_open_choice_and_on_the_estimates_side(
     client: TestClient, researcher: dict[str, str]
 ) -> None:
-    """A patient left at `either` without a preference is told which arm their own estimate
-    favours; a patient with a preference, or with a recommendation, is told none."""
+    """A patient left at `either` without a preference is told the arm the model favours
+    when it is better with at least the rule's probability (80%), with that probability;
+    below it, no bet and the reason; a patient with a preference, or with a recommendation,
+    is told none."""
     patients = [
         {**STAMP_PATIENT, "treatment_preference": pref, "mme": mme, "phq8": phq8}
         for pref in ("none", "MBT", "CBT")
@@ -269,11 +273,20 @@ def test_the_better_bet_only_for_an_open_choice_and_on_the_estimates_side(
     for patient, got in zip(patients, r.json()["results"], strict=True):
         stated = patient["treatment_preference"] != "none"
         if got["recommendation"] != "either" or stated:
-            assert got["better_bet"] is None
+            assert got["better_bet"] is None and got["better_bet_probability"] is None
+            continue
+        if got["better_bet"] is None:
+            assert got["better_bet_probability"] is None
+            assert "no arm is favoured with at least 80% probability" in got["rationale"]
+            bets.add(None)
             continue
         side = "MBT" if got["benefit"]["estimate"] > 0 else "CBT"
-        assert got["better_bet"] == side
-        assert f"without a preference, {side} is the better bet" in got["rationale"]
+        p = got["better_bet_probability"]
+        assert got["better_bet"] == side and p >= 0.8
+        assert (
+            f"without a preference, {side} is the better bet: a {p:.0%} probability"
+            in (got["rationale"])
+        )
         bets.add(side)
     assert bets  # the grid leaves at least one patient with an open choice
 

@@ -113,6 +113,23 @@ def test_gain_capture_with_and_without_the_better_bet() -> None:
     assert m["gain_capture_bet"] == pytest.approx((np.mean([0.2, 0.3, 0.4, 0.5]) - 0.425) / 0.025)
 
 
+def test_gain_capture_with_the_products_own_bet_and_with_the_estimates_sign() -> None:
+    """`gain_capture_bet` takes the bet only where the method offered one (a coin
+    elsewhere); `gain_capture_sign` gives every patient without a preference the arm the
+    point estimate favours, whatever the bet rule said."""
+    truth = toy_truth()
+    benefit = np.array([0.1, -0.1, 0.0, 0.2])
+    offered = np.array([0, -1, 0, 0])  # no bet for patient 0 (below the rule's probability)
+    pred = Prediction(benefit, None, None, np.zeros(4, dtype=int), ate=0.05, bet=offered)
+    pref = np.array(["none", "none", "none", "C"], dtype=object)
+    m = score(pred, truth, pref, "T", "C")
+    with_bet = np.mean([(0.4 + 0.2) / 2, 0.3, 0.4, 0.5])
+    with_sign = np.mean([0.4, 0.3, 0.4, 0.5])
+    assert m["gain_capture_bet"] == pytest.approx((with_bet - 0.425) / 0.025)
+    assert m["gain_capture_sign"] == pytest.approx((with_sign - 0.425) / 0.025)
+    assert m["share_bet"] == 0.25
+
+
 def test_constant_prediction_pehe_is_the_sd_of_the_truth() -> None:
     truth = toy_truth()
     tau = truth.benefit

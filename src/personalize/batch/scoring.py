@@ -21,7 +21,9 @@ Output columns (one row per scored patient, in input order):
 * `benefit` (treatment minus control), `benefit_lower`, `benefit_upper` (its interval);
 * `recommendation` (the treatment label, the control label or "either") and `rationale`;
 * `better_bet`: for a patient left at "either" without a stated preference, the arm the
-  patient's own estimate favours (empty otherwise);
+  model favours with at least the pipeline's `decision.bet_level` probability, when the
+  model passed its checks (empty otherwise), and `better_bet_probability`: that
+  probability (empty where no bet is offered);
 * for k = 1..K (`--explain K`): `driver_k_feature`, `driver_k_value` (the patient's value,
   as text), `driver_k_contribution` (on the outcome's scale; positive favours the
   treatment arm); empty where a patient has fewer than k drivers;
@@ -289,6 +291,7 @@ def output_schema(pipeline: Pipeline, explain: int) -> pa.Schema:
     fields += [pa.field(name, pa.float64()) for name in [*numbers, "benefit_upper"]]
     texts = ("recommendation", "rationale", "better_bet")
     fields += [pa.field(name, pa.string()) for name in texts]
+    fields.append(pa.field("better_bet_probability", pa.float64()))
     for k in range(1, explain + 1):
         fields += [
             pa.field(f"driver_{k}_feature", pa.string()),
@@ -350,6 +353,8 @@ def output_table(
     as one Python string per patient."""
     n = len(ids)
     cols: dict[str, Any] = {schema.field(0).name: ids, **pred.answer()}
+    bet_p = pred.better_bet_probability
+    cols["better_bet_probability"] = pa.array(bet_p, pa.float64(), mask=np.isnan(bet_p))
     names = pa.array(pred.driver_names, pa.string())
     texts: list[Any] = []  # every distinct value text of the drivers shown, feature by feature
     offset: dict[int, tuple[np.ndarray, int]] = {}  # feature -> (its codes, its first text)

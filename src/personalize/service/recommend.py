@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException, status
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -58,6 +59,11 @@ def score(loaded: LoadedModel, patients: Sequence[dict[str, Any]], explain: int)
             "recommendation": str(pred.recommendation[i]),
             "rationale": str(pred.rationale[i]),
             "better_bet": pred.better_bet[i],
+            "better_bet_probability": (
+                None
+                if np.isnan(pred.better_bet_probability[i])
+                else float(pred.better_bet_probability[i])
+            ),
             "drivers": drivers,
             "warnings": warnings,
             "base_value": None if pred.driver_base is None else float(pred.driver_base[i]),

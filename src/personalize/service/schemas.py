@@ -160,10 +160,19 @@ class Recommendation(BaseModel):
     rationale: str = Field(description="why, in plain language")
     better_bet: str | None = Field(
         default=None,
-        description="for a patient left at 'either' without a stated preference: the arm this "
-        "patient's own estimate favours, the better bet when one arm must be chosen (higher "
-        "expected outcome under the model, though not a reliable difference); null otherwise, "
-        "and never against a stated preference",
+        description="for a patient left at 'either' without a stated preference: the arm the "
+        "model favours for this patient, offered only when the model passed its checks and "
+        "that arm is better with at least the pipeline's `decision.bet_level` probability "
+        "(not a reliable difference, not a recommendation); null otherwise, and never "
+        "against a stated preference",
+    )
+    better_bet_probability: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="the probability (posterior, or from the bootstrap learner's interval) "
+        "that the better bet's arm gives this patient the better outcome; null when no bet "
+        "is offered",
     )
     arms: dict[str, ArmOutcome] = Field(description="per arm, keyed by the arm's label")
     benefit: Benefit
@@ -644,6 +653,7 @@ def recommendation_from_row(
         recommendation_role=role,
         rationale=str(row["rationale"]),
         better_bet=row.get("better_bet"),
+        better_bet_probability=row.get("better_bet_probability"),
         arms={
             t: arm("treatment", finite(row["outcome_treatment"])),
             c: arm("control", finite(row["outcome_control"])),

@@ -17,13 +17,15 @@ NO_DIFFERENCE = "no reliable difference: follow patient preference"
 
 
 class Decisions(NamedTuple):
-    """Per patient: the recommendation, its rationale, and the better bet (the arm the
-    patient's own estimate favours, for a patient left at `either` without a stated
-    preference; None otherwise)."""
+    """Per patient: the recommendation, its rationale, the better bet (for a patient left
+    at `either` without a stated preference, the arm the model favours with at least the
+    rule's `bet_level` probability; None otherwise) and that probability (NaN where no bet
+    is offered)."""
 
     recommendation: np.ndarray
     rationale: np.ndarray
     better_bet: np.ndarray
+    better_bet_probability: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class DecisionRule:
     # nothing about whether this patient is an exception)
     heterogeneity: bool = False
     individual: bool = False  # the interval covers the patient's own benefit (posterior)
+    # the better bet needs at least this probability that the favoured arm is better
+    bet_level: float = 0.8
+    checks_passed: bool = True  # the model's out-of-fold checks; none fired
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -53,9 +58,12 @@ class DecisionRule:
         lower: np.ndarray,
         upper: np.ndarray,
         preference: np.ndarray | None = None,
+        p_treatment_better: np.ndarray | None = None,
     ) -> Decisions:
         """Per patient: recommendation (treatment label, control label or "either"), a
-        plain-language rationale, and the better bet (below)."""
+        plain-language rationale, and the better bet with its probability (below).
+        `p_treatment_better`: each patient's probability that the benefit is positive,
+        from the uncertainty the interval comes from; without it no bet is offered."""
         n = len(benefit)
         rec = np.full(n, EITHER, dtype=object)
         why = np.empty(n, dtype=object)
@@ -72,14 +80,21 @@ class DecisionRule:
         if not self.heterogeneity:
             average_only = rec != EITHER
             rec[average_only] = EITHER
-        # A patient left at `either` without a preference still gets one arm or the other;
-        # the arm the patient's own estimate favours is the better bet (higher expected
-        # outcome under the model), and no worse than a coin. Never offered against a
-        # stated preference, and never a recommendation.
+        # A patient left at `either` without a preference still gets one arm or the other.
+        # The better bet names the arm the model favours for this patient, only when the
+        # model passed its checks and that arm is better with at least `bet_level`
+        # probability: how often following it beats a coin is measured per scenario family
+        # by the recovery study, not assumed. Never offered against (or beside) a stated
+        # preference, and never a recommendation.
         open_choice = (rec == EITHER) & (stated == "")
+        p_t = np.full(n, 0.5) if p_treatment_better is None else np.asarray(p_treatment_better)
+        offered = open_choice & self.checks_passed & (p_treatment_better is not None)
+        bet_t = offered & (benefit > 0) & (p_t > 0.5) & (p_t >= self.bet_level)
+        bet_c = offered & (benefit < 0) & (p_t < 0.5) & (1 - p_t >= self.bet_level)
         bet = np.full(n, None, dtype=object)
-        bet[open_choice & (benefit > 0)] = self.treatment
-        bet[open_choice & (benefit < 0)] = self.control
+        bet[bet_t] = self.treatment
+        bet[bet_c] = self.control
+        bet_p = np.where(bet_t, p_t, np.where(bet_c, 1 - p_t, np.nan))
         pct = f"{self.level:.0%}"
         what = "chance of response" if self.binary else "improvement"
         for i in range(n):
@@ -116,12 +131,16 @@ class DecisionRule:
                 why[i] += f"; stated preference: {stated[i]})"
             elif bet[i] is not None:
                 why[i] += (
-                    f"; without a preference, {bet[i]} is the better bet: its expected "
-                    f"{what} is higher by {self._amount(benefit[i])})"
+                    f"; without a preference, {bet[i]} is the better bet: a {bet_p[i]:.0%} "
+                    f"probability that its {what} is higher, by {self._amount(benefit[i])})"
                 )
+            elif open_choice[i] and not self.checks_passed:
+                why[i] += "; no better bet: the model failed its checks)"
+            elif open_choice[i] and p_treatment_better is not None and benefit[i] != 0:
+                why[i] += f"; no arm is favoured with at least {self.bet_level:.0%} probability)"
             else:
                 why[i] += ")"
-        return Decisions(rec, why, bet)
+        return Decisions(rec, why, bet, bet_p)
 
     @property
     def _whom(self) -> str:

@@ -45,7 +45,7 @@ from personalize.data.validate import Cohort
 from personalize.learners.boosting import booster
 from personalize.learners.linear import LinearDesign
 from personalize.stats.missingness import ipcw_weights
-from personalize.study.truth import Prediction
+from personalize.study.truth import Prediction, sign_bet
 
 CF_TREES = 500
 
@@ -321,4 +321,5 @@ def run_peer(name: str, pipeline: Pipeline, data: PeerData, seed: int) -> Predic
         bounds = peer.interval(data.Z_test)
         ate = float(np.mean(peer.benefit(data.Z)))
     lo, hi = bounds if bounds is not None else (None, None)
-    return Prediction(b, lo, hi, peer_recommendations(b, lo, hi, pipeline.decision.margin), ate)
+    rec = peer_recommendations(b, lo, hi, pipeline.decision.margin)
+    return Prediction(b, lo, hi, rec, ate, bet=sign_bet(b))  # a peer's bet: its estimate's side

@@ -123,13 +123,15 @@ def run_ours(
             f"cand_{k}_slope": c.benefit_calibration.raw_slope for k, c in result.candidates.items()
         },
     }
+    bets = out["better_bet"].to_numpy(dtype=object)
     pred = Prediction(
         out["benefit"].to_numpy(dtype=float),
         out["benefit_lower"].to_numpy(dtype=float),
         out["benefit_upper"].to_numpy(dtype=float),
         rec,
         float(result.blp.ate),
-        extra,
+        bet=np.where(bets == arm.treatment, 1, np.where(bets == arm.control, -1, 0)),
+        extra=extra,
     )
     if diagnose:
         X = model.features(test)

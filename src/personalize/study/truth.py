@@ -22,9 +22,12 @@ Definitions (every number in the tables):
   the two arms' true outcomes) for a patient without one. `share_against_preference` and
   `accuracy_against_preference`: recommendations that contradict a stated preference, and
   how often they name the truly better arm. `gain_capture_bet`: the same with a patient
-  without a preference given the method's *better bet*, the arm its own benefit estimate
-  favours (what the product names for such a patient when it recommends `either`; a zero
-  estimate stays at random).
+  without a preference given the method's *better bet* where it offers one (ours: the
+  product's `better_bet`, offered only when the model passed its checks and the favoured
+  arm is better with at least `decision.bet_level` probability; peers: the arm their
+  benefit estimate favours), at random elsewhere; `share_bet`: the share of test patients
+  given a bet. `gain_capture_sign`: the same with every such patient given the arm the
+  point estimate favours (a zero estimate stays at random).
 - **accuracy**: among patients with a non-`either` recommendation, the share whose
   recommended arm is truly better (a true benefit of exactly 0, as everywhere on
   `stamp-null`, counts as wrong: the recommendation had no basis).
@@ -138,7 +141,17 @@ class Prediction:
     upper: np.ndarray | None
     recommend: np.ndarray  # +1 treatment, -1 control, 0 either
     ate: float  # the method's own average-effect estimate (resolves `either` w/o preference)
+    # the better bet for a patient without a preference: +1 treatment, -1 control, 0 none
+    # (ours: the model's own `better_bet`, offered only where its rule offers it; peers:
+    # the sign of their benefit, `sign_bet`); None: the sign of the benefit
+    bet: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sign_bet(benefit: np.ndarray) -> np.ndarray:
+    """The bet of a method without a bet rule of its own: the arm its point estimate
+    favours (0 where the estimate is exactly 0)."""
+    return np.sign(benefit).astype(int)
 
 
 def pehe(benefit: np.ndarray, truth: Truth) -> float:
@@ -223,9 +236,20 @@ def score(
     )
     decided = np.where(active, np.where(rec > 0, tr, ct), follow)
     stated_arm = np.where(preference == treatment, 1, np.where(preference == control, -1, 0))
-    bet = np.where(b > 0, tr, np.where(b < 0, ct, (tr + ct) / 2))
-    decided_bet = np.where(active | (stated_arm != 0), decided, bet)
-    for key, outcome in (("gain_capture", decided), ("gain_capture_bet", decided_bet)):
+    open_choice = ~active & (stated_arm == 0)
+
+    def taking(bet: np.ndarray) -> np.ndarray:
+        """`decided`, with the patients without a preference given `bet` (0: at random)."""
+        arm = np.where(bet > 0, tr, np.where(bet < 0, ct, (tr + ct) / 2))
+        return np.where(open_choice, arm, decided)
+
+    bet = sign_bet(b) if pred.bet is None else pred.bet
+    m["share_bet"] = float((open_choice & (bet != 0)).mean())
+    for key, outcome in (
+        ("gain_capture", decided),
+        ("gain_capture_bet", taking(bet)),
+        ("gain_capture_sign", taking(sign_bet(b))),
+    ):
         m[key] = (
             float((outcome.mean() - best) / (oracle - best)) if oracle - best > 1e-12 else math.nan
         )

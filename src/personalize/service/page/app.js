@@ -870,7 +870,8 @@
     result.better_bet
       ? h("p", { class: "rec-bet" }, "Without a preference, ",
         h("strong", {}, result.better_bet),
-        " is the better bet: this patient's estimate favours it, though not reliably.")
+        ` is the better bet: a ${Math.round(result.better_bet_probability * 100)}% probability ` +
+        "that it is the better programme for this patient, though not a reliable difference.")
       : null,
     h("p", { class: "rationale" }, capitalise(result.rationale)));
     box.append(rec);

@@ -4,12 +4,17 @@
     .venv/bin/python benchmarks/recovery.py --part main     # stamp + stamp-null, N = 770
     .venv/bin/python benchmarks/recovery.py --part continuous
     .venv/bin/python benchmarks/recovery.py --part curve --replications 10
+    .venv/bin/python benchmarks/recovery.py --part held-out --kind binary --replications 10
 
 Parts:
 - main: `stamp` and `stamp-null` at N = 770 with the peers (the committed table);
 - continuous: `pipelines/stamp-continuous.yaml` (improvement in BPI severity) at N = 770;
 - curve: `stamp` at N in {400, 770, 1500, 3000} (the sample-size curve);
-- null: 50+ null replications for the type I error, a binary and a continuous shape.
+- null: 50+ null replications for the type I error, a binary and a continuous shape;
+- development / held-out: every family of that half of the scenario library
+  (docs/scenarios.md) for one outcome kind (`--kind`), at N = 770; `--families` runs some.
+  Each run writes one folder under --out (`<part>-<kind><suffix>/`): every family's files
+  and `families.md` / `families.csv`, the table per family and method.
 
 `--learners` replaces the pipelines' learners, e.g. `--part main --learners effect_linear`
 for the PATH effect model alone; `--peers bcf` runs one peer.
@@ -31,9 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from personalize.data.families import DEVELOPMENT, HELD_OUT, scenario_of
+from personalize.study.library import family_table, markdown
 from personalize.study.outputs import write_outputs
 from personalize.study.peers import PEERS
 from personalize.study.run import SAMPLE_SIZES, TEST_N, StudyResult, run_study
@@ -56,6 +64,21 @@ PARTS: dict[str, list[tuple[str, str, tuple[int, ...], str]]] = {
     ],
     "curve": [("stamp", "pipelines/stamp.yaml", SAMPLE_SIZES, "stamp-curve")],
 }
+LIBRARY_PARTS = {"development": DEVELOPMENT, "held-out": HELD_OUT}
+KIND_PIPELINES = {"binary": "pipelines/stamp.yaml", "continuous": "pipelines/stamp-continuous.yaml"}
+
+
+Run = tuple[str, str, tuple[int, ...], str]  # scenario, pipeline, sizes, output prefix
+
+
+def library_part(part: str, kind: str, families: list[str] | None) -> list[Run]:
+    """One half of the scenario library for one outcome kind: (scenario, pipeline, sizes,
+    prefix) per family."""
+    chosen = families or list(LIBRARY_PARTS[part])
+    wrong = [f for f in chosen if f not in LIBRARY_PARTS[part]]
+    if wrong:
+        raise SystemExit(f"--families: {', '.join(wrong)} not in the {part} families")
+    return [(scenario_of(f), KIND_PIPELINES[kind], (770,), f) for f in chosen]
 
 
 def _callbacks(
@@ -76,7 +99,9 @@ def _callbacks(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument("--part", choices=[*PARTS, *LIBRARY_PARTS, "all"], default="all")
+    parser.add_argument("--kind", choices=list(KIND_PIPELINES), default="binary")
+    parser.add_argument("--families", nargs="+", help="some families of a library part")
     parser.add_argument("--replications", type=int, default=20)
     parser.add_argument("--test-n", type=int, default=TEST_N)
     parser.add_argument("--seed", type=int, default=0)
@@ -98,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parts = list(PARTS) if args.part == "all" else [args.part]
     peers = () if args.no_peers else tuple(args.peers)
     for part in parts:
-        for scenario, pipeline, part_sizes, part_prefix in PARTS[part]:
+        library = part in LIBRARY_PARTS
+        out = args.out / f"{part}-{args.kind}{args.prefix_suffix}" if library else args.out
+        runs = library_part(part, args.kind, args.families) if library else PARTS[part]
+        by_family = {}
+        for scenario, pipeline, part_sizes, part_prefix in runs:
             sizes = tuple(args.sizes) if args.sizes else part_sizes
-            prefix = part_prefix + args.prefix_suffix
+            prefix = part_prefix if library else part_prefix + args.prefix_suffix
             results: list[StudyResult] = []
             start = time.perf_counter()
             with Progress(
@@ -127,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                             on_replication=done,
                         )
                     )
-            files = write_outputs(results, args.out, prefix, command)
+            files = write_outputs(results, out, prefix, command)
+            if library:
+                by_family[part_prefix] = pd.read_csv(files["records"])
+                # rewritten after each family: a run stopped early keeps what it has
+                table = family_table(by_family)
+                table.to_csv(out / "families.csv", index=False, float_format="%.6g")
+                title = f"Scenario library, {part} families, {args.kind} outcome, N = 770"
+                (out / "families.md").write_text(markdown(table, title, command))
             render(summarize_results(results), f"{prefix} ({pipeline})", console)
             console.print(
                 f"{prefix}: {(time.perf_counter() - start) / 60:.1f} min; wrote "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from personalize.data.families import FAMILIES, HIDDEN
+from personalize.data.families import DEVELOPMENT, FAMILIES, HEADLINE, HELD_OUT, HIDDEN, scenario_of
 from personalize.data.simulate import LIBRARY, SCENARIOS, get_scenario, potential_outcomes, simulate
 
 SPLIT = "docs/scenarios.md"
@@ -17,11 +17,13 @@ def test_every_family_is_a_scenario_and_is_split_in_the_docs() -> None:
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / SPLIT).read_text()
+    assert sorted(DEVELOPMENT + HELD_OUT) == sorted(FAMILIES)
+    assert HEADLINE in HELD_OUT
     for name in FAMILIES:
-        scenario = {"linear": "stamp", "null": "stamp-null"}.get(name, f"stamp-{name}")
-        assert scenario in SCENARIOS
+        assert scenario_of(name) in SCENARIOS
         row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
-        assert row.rstrip(" |").endswith(("development", "held-out"))
+        split = "development" if name in DEVELOPMENT else "held-out"
+        assert row.rstrip(" |").endswith(split)
     assert len(FAMILIES) >= 10
 
 

@@ -209,3 +209,33 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
+
+
+# The split, fixed in docs/scenarios.md before any evaluation: development families may be
+# tuned on, held-out families are only evaluated. The headline family runs 30 trials.
+DEVELOPMENT: tuple[str, ...] = (
+    "linear",
+    "threshold",
+    "interaction",
+    "curved-prognosis",
+    "heavy-tails",
+    "null",
+)
+HELD_OUT: tuple[str, ...] = (
+    "logit",
+    "saturating",
+    "u-shape",
+    "bands",
+    "weak-many",
+    "unmeasured",
+    "heteroscedastic",
+    "null-curved",
+)
+HEADLINE = "u-shape"
+
+
+def scenario_of(family: str) -> str:
+    """The simulator's scenario name of a family (`linear` is `stamp`, `null` `stamp-null`)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    return {"linear": "stamp", "null": "stamp-null"}.get(family, f"stamp-{family}")

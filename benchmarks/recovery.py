@@ -40,7 +40,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from personalize.data.families import DEVELOPMENT, HELD_OUT, scenario_of
+from personalize.data.families import DEVELOPMENT, FAMILIES, HELD_OUT, scenario_of
 from personalize.study.library import family_table, markdown
 from personalize.study.outputs import write_outputs
 from personalize.study.peers import PEERS
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         library = part in LIBRARY_PARTS
         out = args.out / f"{part}-{args.kind}{args.prefix_suffix}" if library else args.out
         runs = library_part(part, args.kind, args.families) if library else PARTS[part]
-        by_family = {}
+        by_family: dict[str, pd.DataFrame] = {}
         for scenario, pipeline, part_sizes, part_prefix in runs:
             sizes = tuple(args.sizes) if args.sizes else part_sizes
             prefix = part_prefix if library else part_prefix + args.prefix_suffix
@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
             files = write_outputs(results, out, prefix, command)
-            if library:
-                by_family[part_prefix] = pd.read_csv(files["records"])
+            if library:  # every family in the folder (runs may share it, one family each)
+                by_family = {
+                    f: pd.read_csv(out / f"{f}-records.csv")
+                    for f in FAMILIES
+                    if (out / f"{f}-records.csv").exists()
+                }
                 # rewritten after each family: a run stopped early keeps what it has
                 table = family_table(by_family)
                 table.to_csv(out / "families.csv", index=False, float_format="%.6g")

@@ -15,9 +15,10 @@ from personalize.learners.bcf import Chain
 
 N = 1500
 
-# a forest sampler (`bcf`) takes seconds per fit: its cases run with the slow tests
+# a forest sampler (`bcf`, and the average that holds one) takes seconds per fit: its cases
+# run with the slow tests
 LEARNERS = [
-    pytest.param(name, marks=pytest.mark.slow) if name == "bcf" else name
+    pytest.param(name, marks=pytest.mark.slow) if name in ("bcf", "bayes_average") else name
     for name in learner_names()
 ]
 

@@ -181,6 +181,13 @@ class PosteriorLearner(EffectLearner):
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Posterior draws of the expected outcome under each arm (rows x draws)."""
 
+    @abstractmethod
+    def contributions(
+        self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> ArmContributions:
+        """Exact additive decomposition of predict_arms; `arms`: this learner's own
+        `predict_arms(X)` when the caller has them (drawing them again is most of the cost)."""
+
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         mu0, mu1 = self.arm_draws(X)
         return mu0.mean(axis=1), mu1.mean(axis=1)

@@ -202,10 +202,9 @@ class BayesLinearLearner(PosteriorLearner):
     )
     linear = True
     complexity = 3  # the simplest posterior learner: preferred among near-equals
-    # The pre-specified learner for both outcome kinds: on simulated STAMP trials the most
-    # accurate, with the narrowest interval of those that cover 85-95% of patients' own
-    # benefits (docs/training.md, "Choosing a learner").
-    default_for: tuple[Kind, ...] = ("binary", "continuous")
+    # A candidate (and half of the default `bayes_average`): alone it is sharp when the
+    # benefit is close to linear and overconfident when it is not (docs/training.md,
+    # "Choosing a learner").
 
     def __init__(self, kind: Kind = "binary", seed: int = 0, chain: Chain = SERVED) -> None:
         super().__init__(kind, seed)

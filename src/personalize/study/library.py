@@ -3,7 +3,8 @@
 One study run over several families (docs/scenarios.md) leaves one folder; this reads each
 family's per-trial records and writes the table a reader compares methods on, development
 and held-out families apart: mean PEHE, mean and worst-trial coverage of the 90% interval,
-median width, gain capture with and without the better bet, and for ours how often the
+median width, gain capture with and without the better bet (and what following the bet gained
+over a coin per patient offered one), and for ours how often the
 model checks fired where the interval failed (coverage below 0.80: a hit) and where it held
 (a false alarm).
 """
@@ -27,6 +28,22 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
     return float(frame[column].mean())
 
 
+def bet_vs_coin(records: pd.DataFrame) -> float:
+    """Mean over the trials of what following the better bet gained over a coin, per
+    patient offered one, on the outcome's scale (probability for a responder: x 100 is
+    percentage points): the gain capture with and without the bet differ by exactly that
+    gain spread over all test patients. NaN where no trial offered a bet."""
+    need = ("gain_capture_bet", "gain_capture", "value_oracle", "value_best_arm", "share_bet")
+    if any(c not in records for c in need):
+        return math.nan
+    r = records[records["share_bet"] > 0]
+    if r.empty:
+        return math.nan
+    spread = r["value_oracle"] - r["value_best_arm"]
+    per_patient = (r["gain_capture_bet"] - r["gain_capture"]) * spread / r["share_bet"]
+    return float(per_patient.mean())
+
+
 def family_rows(family: str, records: pd.DataFrame) -> list[dict[str, object]]:
     """One row per method of one family's records (one row per trial and method)."""
     rows: list[dict[str, object]] = []
@@ -44,7 +61,8 @@ def family_rows(family: str, records: pd.DataFrame) -> list[dict[str, object]]:
             "width": float(got["width"].median()) if "width" in got else math.nan,
             "gain_capture": _mean(got, "gain_capture"),
             "gain_capture_bet": _mean(got, "gain_capture_bet"),
-            "bet_vs_coin": _mean(got, "bet_vs_coin"),
+            "share_bet": _mean(got, "share_bet"),
+            "bet_vs_coin": bet_vs_coin(got),
             "het_reject": _mean(got, "het_reject"),
             "seconds": _mean(got, "seconds"),
         }
@@ -82,6 +100,7 @@ COLUMNS = (
     ("width", "width"),
     ("gain_capture", "gain capture"),
     ("gain_capture_bet", "with bet"),
+    ("share_bet", "share bet"),
     ("bet_vs_coin", "bet − coin"),
     ("het_reject", "het. rejects"),
     ("checks_fired", "checks fired"),

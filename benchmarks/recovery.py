@@ -81,6 +81,19 @@ def library_part(part: str, kind: str, families: list[str] | None) -> list[Run]:
     return [(scenario_of(f), KIND_PIPELINES[kind], (770,), f) for f in chosen]
 
 
+def tabulate(folder: Path, title: str, command: str) -> None:
+    """The families table of every family recorded in a run's folder (runs may share it,
+    one family each)."""
+    records = {
+        f: pd.read_csv(folder / f"{f}-records.csv")
+        for f in FAMILIES
+        if (folder / f"{f}-records.csv").exists()
+    }
+    table = family_table(records)
+    table.to_csv(folder / "families.csv", index=False, float_format="%.6g")
+    (folder / "families.md").write_text(markdown(table, title, command))
+
+
 def _callbacks(
     bar: Progress, task: Any, label: str, log: bool
 ) -> tuple[Callable[[str], None], Callable[[int], None]]:
@@ -115,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--tabulate", type=Path, help="only rewrite a library run folder's families table"
+    )
     args = parser.parse_args(argv)
+    if args.tabulate:
+        tabulate(args.tabulate, args.tabulate.name, "(the runs recorded in the folder's files)")
+        return 0
     os.chdir(ROOT)  # pipeline paths are relative to the repository
     command = "python benchmarks/recovery.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     console = Console(width=200) if not Console().is_terminal else Console()
@@ -126,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         library = part in LIBRARY_PARTS
         out = args.out / f"{part}-{args.kind}{args.prefix_suffix}" if library else args.out
         runs = library_part(part, args.kind, args.families) if library else PARTS[part]
-        by_family: dict[str, pd.DataFrame] = {}
         for scenario, pipeline, part_sizes, part_prefix in runs:
             sizes = tuple(args.sizes) if args.sizes else part_sizes
             prefix = part_prefix if library else part_prefix + args.prefix_suffix
@@ -157,17 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
             files = write_outputs(results, out, prefix, command)
-            if library:  # every family in the folder (runs may share it, one family each)
-                by_family = {
-                    f: pd.read_csv(out / f"{f}-records.csv")
-                    for f in FAMILIES
-                    if (out / f"{f}-records.csv").exists()
-                }
-                # rewritten after each family: a run stopped early keeps what it has
-                table = family_table(by_family)
-                table.to_csv(out / "families.csv", index=False, float_format="%.6g")
+            if library:  # rewritten after each family: a run stopped early keeps what it has
                 title = f"Scenario library, {part} families, {args.kind} outcome, N = 770"
-                (out / "families.md").write_text(markdown(table, title, command))
+                tabulate(out, title, command)
             render(summarize_results(results), f"{prefix} ({pipeline})", console)
             console.print(
                 f"{prefix}: {(time.perf_counter() - start) / 60:.1f} min; wrote "

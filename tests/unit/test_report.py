@@ -326,17 +326,20 @@ def test_markdown_card_contents(result: training.TrainResult) -> None:
     assert "Inverse probability of censoring weighting" in md
     assert f"{result.ipcw.effective_sample_size:.0f}" in md
     assert "run-abc123" in md and "| Version | 7 |" in md
-    # the limitations say what the interval covers: the patient's own benefit (posterior)
-    # or the average benefit of similar patients (bootstrap), with how often it covered
+    # the limitations say what the interval covers: the expected benefit of patients with
+    # this patient's measured characteristics (posterior) or the average benefit of similar
+    # patients (bootstrap), with how often and where it covered
     learner = result.model.learner
     measured = coverage.measured(learner.name, learner.kind, result.model.individual_interval)
     assert measured is not None  # the shipped default's figures were measured
     if result.model.individual_interval:
-        assert "posterior intervals for each patient's own benefit" in md
+        assert "the expected benefit of patients with this patient's measured" in md
+        assert f"covered the true benefit for {measured.said()}" in md
     else:
         assert "bootstrap" in md and f"covered that average for {measured.group:.0%}" in md
-    assert f"benefit for {measured.own:.0%}" in md
-    assert f"{measured.own:.0%}" in result.model.interval_covers
+    assert measured.where() in md
+    figure = measured.said() if result.model.individual_interval else f"{measured.own:.0%}"
+    assert figure in result.model.interval_covers
 
 
 def test_unregistered_card(result: training.TrainResult) -> None:

@@ -430,17 +430,17 @@ def _interval_limitation(result: TrainResult, level: float) -> str:
         )
         said = (
             f"Benefit intervals ({level:.0%}) are the {learner.title}'s posterior intervals "
-            f"for each patient's own benefit. They rest on {rests}, and do not reflect "
-            "unmeasured moderators or shift between the trial and practice. "
+            "for each patient's benefit: the expected benefit of patients with this "
+            f"patient's measured characteristics. They rest on {rests}, and do not reflect "
+            "moderators the trial did not measure or shift between the trial and practice. "
         )
         if m is None:
             return said + "Their coverage was not measured for this learner and outcome."
         return said + (
-            f"In simulated trials of {m.n} patients (recovery study, "
-            "benchmarks/results/recovery.md) a 90% interval covered the patient's true "
-            f"benefit for {m.own:.0%} of patients (median width {m.width:.2f}); its misses "
-            "are mostly the patients with the largest and smallest benefits, whom its prior "
-            "shrinks towards the average."
+            f"In {m.where()} (recovery study, benchmarks/results/recovery.md) a 90% "
+            f"interval covered the true benefit for {m.said()} (median width "
+            f"{m.width:.2f}); its misses are mostly the patients with the largest and "
+            "smallest benefits, whom its prior shrinks towards the average."
         )
     said = (
         f"Benefit intervals ({level:.0%}) come from a bootstrap ensemble of "
@@ -453,9 +453,9 @@ def _interval_limitation(result: TrainResult, level: float) -> str:
     if m is None:
         return said + " (their coverage was not measured for this outcome)."
     return said + (
-        f" (in simulated trials of {m.n} patients, recovery study, a 90% interval covered "
-        f"that average for {m.group:.0%} of patients but the patient's own benefit for "
-        f"{m.own:.0%})."
+        f" (in {m.where()}, recovery study, a 90% interval covered that average for "
+        f"{m.group:.0%} of patients but the benefit of patients with exactly this patient's "
+        f"characteristics for {m.own:.0%})."
     )
 
 

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from personalize.data.cells import NO_PREFERENCE, categorical_dtype
 from personalize.data.columns import Column
-from personalize.stats import coverage
 
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel
@@ -63,25 +62,16 @@ class ArmOutcome(BaseModel):
     )
 
 
-_DEFAULT_BINARY = coverage.POSTERIOR["bayes_linear", "binary"]
-_DEFAULT_CONTINUOUS = coverage.POSTERIOR["bayes_linear", "continuous"]
-_BOOTSTRAP = coverage.BOOTSTRAP["binary"]
-
-
 class Benefit(BaseModel):
     estimate: float = Field(description="treatment minus control, on the outcome's scale")
     lower: float = Field(description="lower end of the interval")
     upper: float = Field(description="upper end of the interval")
     level: float = Field(
-        description="nominal coverage of the interval, e.g. 0.9. What the interval covers is "
-        "in `covers`, with how often it covered in simulated trials of "
-        f"{_DEFAULT_BINARY.n} patients (recovery study; also in the model card): with a "
-        "posterior learner (the default Bayesian linear effect model, or a Bayesian Causal "
-        "Forest), this patient's own benefit (the default's 90% interval covered it for "
-        f"{_DEFAULT_BINARY.own:.0%} of patients with a binary outcome and "
-        f"{_DEFAULT_CONTINUOUS.own:.0%} with a continuous one); with a bootstrap learner, the "
-        f"average benefit of patients like this one (covered for {_BOOTSTRAP.group:.0%}; "
-        f"the patient's own benefit only for {_BOOTSTRAP.own:.0%})"
+        description="nominal coverage of the interval, e.g. 0.9. What the interval covers, "
+        "and how often and where it covered in simulated trials (recovery study; also in "
+        "the model card), is in `covers`: with a posterior learner (the default), the "
+        "expected benefit of patients with this patient's measured characteristics; with a "
+        "bootstrap learner, the average benefit of patients like this one"
     )
     covers: str = Field(description="what the interval is an interval for, in words")
     definition: str = Field(description="e.g. 'MBT minus CBT (positive favours MBT)'")

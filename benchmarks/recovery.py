@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.tabulate:
+        if not args.tabulate.is_dir():
+            parser.error(f"--tabulate: {args.tabulate} is not a folder of a library run")
         tabulate(args.tabulate, args.tabulate.name, "(the runs recorded in the folder's files)")
         return 0
     os.chdir(ROOT)  # pipeline paths are relative to the repository

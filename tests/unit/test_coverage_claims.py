@@ -26,11 +26,12 @@ def ours_in(path: Path) -> pd.DataFrame:
 
 
 def ours(prefix: str) -> pd.DataFrame:
-    return ours_in(RESULTS / f"{prefix}-records.csv")
+    return ours_in(RESULTS / "earlier" / prefix / f"{prefix}-records.csv")
 
 
 # which committed records each stated figure comes from: a folder of a library run (the
-# default's, on the held-out families) or one record file (others, on the linear family)
+# default's, on the held-out families) or an earlier run's records, `earlier/<prefix>/`
+# (others, on the linear family)
 POSTERIOR_RECORDS: dict[tuple[str, Kind], str] = {
     ("bayes_average", "binary"): "held-out-binary",  # the default
     ("bayes_linear", "binary"): "stamp-30",

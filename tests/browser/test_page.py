@@ -64,6 +64,7 @@ CARD_SECTIONS = [
     "Decision rule",
     "Explanations",
     "Subgroup performance",
+    "Model checks",
     "Limitations",
 ]
 

@@ -37,6 +37,19 @@ PREFERENCE = np.array(["MBT", "CBT", "none", np.nan], dtype=object)
 SURE = np.full(4, 0.9)  # the probability that MBT is better
 
 
+def test_the_probability_takes_its_article() -> None:
+    from personalize.stats.decision import _article
+
+    assert [_article(p) for p in (0.8, 0.86, 0.9, 0.11, 0.18, 0.5)] == [
+        "an",
+        "an",
+        "a",
+        "an",
+        "an",
+        "a",
+    ]
+
+
 def test_the_average_effect_alone_recommends_nobody_but_names_the_better_bet() -> None:
     """Without detected heterogeneity a false average effect must not send patients to an
     arm (on a null trial it would send everyone without a contrary preference); the

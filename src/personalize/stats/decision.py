@@ -16,6 +16,12 @@ EITHER = "either"
 NO_DIFFERENCE = "no reliable difference: follow patient preference"
 
 
+def _article(p: float) -> str:
+    """'an' before a percentage read with a vowel sound (8, 11, 18, 80-89%), else 'a'."""
+    spoken = f"{p:.0%}".rstrip("%")
+    return "an" if spoken.startswith("8") or spoken in ("11", "18") else "a"
+
+
 class Decisions(NamedTuple):
     """Per patient: the recommendation, its rationale, the better bet (for a patient left
     at `either` without a stated preference, the arm the model favours with at least the
@@ -131,8 +137,9 @@ class DecisionRule:
                 why[i] += f"; stated preference: {stated[i]})"
             elif bet[i] is not None:
                 why[i] += (
-                    f"; without a preference, {bet[i]} is the better bet: a {bet_p[i]:.0%} "
-                    f"probability that its {what} is higher, by {self._amount(benefit[i])})"
+                    f"; without a preference, {bet[i]} is the better bet: "
+                    f"{_article(bet_p[i])} {bet_p[i]:.0%} probability that its {what} is "
+                    f"higher, by {self._amount(benefit[i])})"
                 )
             elif open_choice[i] and not self.checks_passed:
                 why[i] += "; no better bet: the model failed its checks)"

@@ -26,9 +26,7 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr
 
-from personalize import fast_trees
 from personalize.data.columns import Column, columns, shared
 from personalize.learners.base import (
     ARM_DRIVER,
@@ -49,7 +47,7 @@ from personalize.learners.bayes_linear import (
     Prior,
     gibbs,
 )
-from personalize.learners.linear import LinearDesign, _arm_predictors
+from personalize.learners.linear import LinearDesign
 
 # Cross-fitting reads posterior means only: a shorter chain estimates them well
 OUT_OF_FOLD = Chain(burnin=200, draws=100, every=2)
@@ -169,19 +167,7 @@ class BayesBasisLearner(BayesLinearLearner):
         )
 
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        B = np.ascontiguousarray(self._basis(X))
-        (W0, c0), (W1, c1) = self.weights_
-        mu0, mu1 = np.empty((len(B), len(c0))), np.empty((len(B), len(c1)))
-        binary = self.kind == "binary"
-
-        def rows(start: int, stop: int) -> None:
-            _arm_predictors(B[start:stop], W0, c0, W1, c1, mu0[start:stop], mu1[start:stop])
-            if binary:
-                mu0[start:stop] = ndtr(mu0[start:stop])
-                mu1[start:stop] = ndtr(mu1[start:stop])
-
-        fast_trees.in_parts(len(B), rows)
-        return mu0, mu1
+        return self._draws_of(np.ascontiguousarray(self._basis(X)))
 
     def contributions(
         self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None

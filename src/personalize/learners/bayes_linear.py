@@ -251,9 +251,12 @@ class BayesLinearLearner(PosteriorLearner):
         )
 
     def arm_draws(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior draws of the expected outcome under each arm (rows x draws): one
-        compiled pass over the rows for both arms and every draw."""
-        R = self.design_.raw_matrix(self._logged(X))
+        """Posterior draws of the expected outcome under each arm (rows x draws)."""
+        return self._draws_of(self.design_.raw_matrix(self._logged(X)))
+
+    def _draws_of(self, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each arm's draws from a design matrix and `weights_`: one compiled pass over the
+        rows for both arms and every draw, through the link."""
         (W0, c0), (W1, c1) = self.weights_
         mu0, mu1 = np.empty((len(R), len(c0))), np.empty((len(R), len(c1)))
         binary = self.kind == "binary"

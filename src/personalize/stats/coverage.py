@@ -62,6 +62,22 @@ class MeasuredCoverage:
 # families' trials (benchmarks/results/held-out-binary/); the others: medians over the
 # linear family's (`stamp`) trials.
 POSTERIOR: dict[tuple[str, Kind], MeasuredCoverage] = {
+    ("bayes_average", "continuous"): MeasuredCoverage(
+        own=0.785,
+        group=0.999,
+        width=1.618,
+        n=770,
+        replications=3,
+        shapes=(
+            "u-shape",
+            "bands",
+            "weak-many",
+            "heteroscedastic",
+        ),
+        held_out=True,
+        worst=0.679,
+        worst_shape="bands",
+    ),
     ("bayes_average", "binary"): MeasuredCoverage(
         own=0.895,
         group=0.995,

@@ -132,7 +132,13 @@
     return humanize(level);
   }
 
-  function capitalise(text) {
+  // "an" before a percentage read with a vowel sound (8, 11, 18, 80-89%), as the API says it
+function article(p) {
+  const spoken = String(Math.round(p * 100));
+  return spoken.startsWith("8") || spoken === "11" || spoken === "18" ? "an" : "a";
+}
+
+function capitalise(text) {
     return text ? text.charAt(0).toUpperCase() + text.slice(1) : text;
   }
 
@@ -870,7 +876,8 @@
     result.better_bet
       ? h("p", { class: "rec-bet" }, "Without a preference, ",
         h("strong", {}, result.better_bet),
-        ` is the better bet: a ${Math.round(result.better_bet_probability * 100)}% probability ` +
+        ` is the better bet: ${article(result.better_bet_probability)} ` +
+        `${Math.round(result.better_bet_probability * 100)}% probability ` +
         "that it is the better programme for this patient, though not a reliable difference.")
       : null,
     h("p", { class: "rationale" }, capitalise(result.rationale)));

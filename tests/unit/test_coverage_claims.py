@@ -56,6 +56,10 @@ HELD_OUT_CLAIMS = [
 ]
 
 
+def test_the_held_out_shapes_are_the_librarys() -> None:
+    assert coverage.HELD_OUT_SHAPES == HELD_OUT
+
+
 def test_every_stated_figure_has_its_records() -> None:
     assert set(POSTERIOR_RECORDS) == set(coverage.POSTERIOR)
     assert set(BOOTSTRAP_RECORDS) == set(coverage.BOOTSTRAP)

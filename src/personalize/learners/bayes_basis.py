@@ -129,8 +129,9 @@ class BayesBasisLearner(BayesLinearLearner):
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
         """Fit on the observed rows without the IPCW weights (as `bayes_linear`)."""
         self.logs_ = LogScale().fit(X)
-        self.basis_ = BasisDesign().fit(self.logs_.apply(X))
-        B = self.basis_.transform(self.logs_.apply(X))
+        Xl = self.logs_.apply(X)
+        self.basis_ = BasisDesign().fit(Xl)
+        B = self.basis_.transform(Xl)
         code = np.where(treated == 1, ARM_CODE[1], ARM_CODE[0])[:, None]
         q, lin = B.shape[1], self.basis_.linear_width_
         D = np.hstack([np.ones((len(B), 1)), code, B, code * B])

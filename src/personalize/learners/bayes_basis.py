@@ -29,11 +29,8 @@ import pandas as pd
 
 from personalize.data.columns import Column, columns, shared
 from personalize.learners.base import (
-    ARM_DRIVER,
     ArmContributions,
     Kind,
-    probit_contributions,
-    rescale,
 )
 from personalize.learners.bayes_linear import (
     ARM_CODE,
@@ -177,20 +174,10 @@ class BayesBasisLearner(BayesLinearLearner):
         scale; carried to probabilities as `bayes_linear`'s are)."""
         B = self._basis(X)
         S = self.basis_.shares()
-        phis = [
+        phi0, phi1 = (
             (B * (self.beta_.mean(axis=0) + c * self.delta_.mean(axis=0))) @ S for c in ARM_CODE
-        ]
-        pad = np.zeros((len(X), 1))
-        phi0, phi1 = (np.hstack([phi, pad]) for phi in phis)
-        b0, b1 = (
-            np.full(len(X), float(self.intercept_.mean() + c * self.gamma_.mean()))
-            for c in ARM_CODE
         )
-        mu0, mu1 = self.predict_arms(X) if arms is None else arms
-        names = [*self.basis_.linear_.features_, ARM_DRIVER]
-        if self.kind == "binary":
-            return probit_contributions(names, b0, phi0, b1, phi1, mu0, mu1)
-        return ArmContributions(names, b0, rescale(phi0, mu0 - b0), b1, rescale(phi1, mu1 - b1))
+        return self._carried(X, self.basis_.linear_.features_, phi0, phi1, arms)
 
 
 __all__ = ["SERVED", "BasisDesign", "BayesBasisLearner"]

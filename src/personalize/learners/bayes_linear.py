@@ -279,6 +279,19 @@ class BayesLinearLearner(PosteriorLearner):
         Xl = self._logged(X)
         coefs = [self.beta_.mean(axis=0) + c * self.delta_.mean(axis=0) for c in ARM_CODE]
         phi0, phi1 = self.design_.feature_terms(Xl, *coefs)
+        return self._carried(X, self.design_.features_, phi0, phi1, arms)
+
+    def _carried(
+        self,
+        X: pd.DataFrame,
+        features: list[str],
+        phi0: np.ndarray,
+        phi1: np.ndarray,
+        arms: tuple[np.ndarray, np.ndarray] | None,
+    ) -> ArmContributions:
+        """Per-feature latent terms of the posterior-mean predictor (rows x features, per
+        arm) carried to the arms' answers: through the probit for a responder, rescaled onto
+        the posterior means for a continuous outcome."""
         pad = np.zeros((len(X), 1))
         phi0, phi1 = np.hstack([phi0, pad]), np.hstack([phi1, pad])
         b0, b1 = (
@@ -286,7 +299,7 @@ class BayesLinearLearner(PosteriorLearner):
             for c in ARM_CODE
         )
         mu0, mu1 = self.predict_arms(X) if arms is None else arms
-        names = [*self.design_.features_, ARM_DRIVER]
+        names = [*features, ARM_DRIVER]
         if self.kind == "binary":
             return probit_contributions(names, b0, phi0, b1, phi1, mu0, mu1)
         return ArmContributions(names, b0, rescale(phi0, mu0 - b0), b1, rescale(phi1, mu1 - b1))

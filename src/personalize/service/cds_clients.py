@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 import jwt
 import yaml
 
+from personalize.service import fhir_urls
+
 ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 MAX_LIFETIME_SECONDS = 300  # the specification: exp at most 5 minutes after iat
 LEEWAY_SECONDS = 30  # clock skew between the client and this service
@@ -57,7 +59,11 @@ class CdsClient:
         return "cds-" + hashlib.sha256(self.iss.encode()).hexdigest()[:28]
 
     def allows_fhir_server(self, url: str) -> bool:
-        return _base(url) in {_base(s) for s in self.fhir_servers}
+        """Whether `url` is one of this client's registered FHIR servers, both compared in
+        normal form (fhir_urls); a URL that would match only once repaired (whitespace
+        stripped, say) does not."""
+        wanted = _base(url)
+        return wanted is not None and wanted in {_base(s) for s in self.fhir_servers}
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,12 @@ class VerifiedCall:
     expires_at: datetime
 
 
-def _base(url: str) -> str:
-    return url.strip().rstrip("/")
+def _base(url: str) -> fhir_urls.FhirUrl | None:
+    """A FHIR server URL in normal form; None for one the service would not fetch from."""
+    try:
+        return fhir_urls.parse_base(url)
+    except fhir_urls.UnsafeUrl:
+        return None
 
 
 class FileKeySet:

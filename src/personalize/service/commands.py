@@ -18,6 +18,11 @@ from uvicorn.supervisors import Multiprocess
 from personalize.service.audit import Database
 from personalize.service.auth import ROLE_NAMES, create_key, list_keys, revoke_key
 from personalize.service.config import Settings, SettingsError
+from personalize.service.request_limits import (
+    DEFAULT_HEADER_LIMITS,
+    HeaderLimits,
+    LimitedHttpToolsProtocol,
+)
 
 
 class CommandError(Exception):
@@ -56,7 +61,9 @@ def serve(
     echo: Any = print,
 ) -> None:
     """Resolve the settings once, hand them to every worker through the environment, run
-    uvicorn. Several workers get a fresh Prometheus multiprocess directory."""
+    uvicorn. Several workers get a fresh Prometheus multiprocess directory. Each connection
+    is held to the header limits (`request_limits`); X-Forwarded-* headers count only from
+    the proxies PERSONALIZE_TRUSTED_PROXIES names (uvicorn would believe loopback's)."""
     if workers < 1:
         raise CommandError("--workers: need at least 1")
     settings = _settings(model_uri=model, pipeline=pipeline, tracking_uri=tracking_uri)
@@ -90,6 +97,10 @@ def serve(
             port=port,
             workers=workers,
             log_config=log_config(settings.log_level),
+            http=LimitedHttpToolsProtocol,
+            header_limits=HeaderLimits.from_settings(settings),
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies),
         )
         server = uvicorn.Server(config)
         if workers > 1:  # what uvicorn.run does, with the socket above
@@ -106,7 +117,9 @@ def serve(
 
 
 class TcpConfig(uvicorn.Config):
-    """uvicorn's config, with a listening socket that suits several workers.
+    """uvicorn's config, with a listening socket that suits several workers, and the header
+    limits `LimitedHttpToolsProtocol` reads from it (`header_limits`; the config is what
+    uvicorn hands each connection's protocol, in every worker).
 
     uvicorn binds one ``socket.socket(family)`` and hands a copy to every worker. Two
     problems follow. Its ``proto`` is 0, so asyncio does not set TCP_NODELAY on the
@@ -117,6 +130,12 @@ class TcpConfig(uvicorn.Config):
     worker while the others idle. Here the socket is TCP, and each worker opens its own
     with SO_REUSEPORT (where the platform has it), so the kernel spreads connections over
     the workers."""
+
+    def __init__(
+        self, app: Any, *, header_limits: HeaderLimits = DEFAULT_HEADER_LIMITS, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.header_limits = header_limits
 
     def bind_socket(self) -> socket.socket:
         sock = super().bind_socket()

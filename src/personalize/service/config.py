@@ -9,18 +9,20 @@ docs/service.md lists them all.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from personalize.service import pseudonyms
 
@@ -32,6 +34,25 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 class SettingsError(Exception):
     """A setting that cannot be used; the message names the variable and the reason."""
+
+
+def proxy_networks(value: Any) -> tuple[str, ...]:
+    """Comma-separated addresses or networks, each checked (uvicorn would take a mistyped
+    one as a name that never matches) and written in its normal form."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if item == "*":
+            raise ValueError("'*' would let every caller choose its address: name the proxies")
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or a network (CIDR, no host bits)"
+            ) from None
+    return tuple(networks)
 
 
 class Settings(BaseSettings):
@@ -79,6 +100,33 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=1000, ge=1, description="patients per batch request")
     max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="largest accepted request body"
+    )
+    max_recommendation_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="largest body of POST /v1/recommendations (one patient); at most "
+        "max_body_bytes",
+    )
+    max_feedback_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="largest body of CDS Hooks feedback (at most 100 items with their "
+        "comments); at most max_body_bytes",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="largest request line plus headers, counted as they arrive: 431 and "
+        "the connection closed beyond",
+    )
+    max_headers: int = Field(
+        default=100, ge=10, description="most header fields in one request: 431 beyond"
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode, BeforeValidator(proxy_networks)] = Field(
+        default=(),
+        description="comma-separated addresses or networks (CIDR) of the reverse proxies "
+        "whose X-Forwarded-For and X-Forwarded-Proto are believed; empty: none, the "
+        "client address is the connection's peer",
     )
     explain: int = Field(default=3, ge=0, le=50, description="top drivers per patient")
     env: Literal["development", "production"] = Field(

@@ -48,41 +48,62 @@ The `Patient` schema below is the loaded model's own contract.
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies above the limit, declared (Content-Length) or streamed."""
+    """413 for request bodies above the limit, declared (Content-Length) or streamed. Routes
+    whose bodies are small by nature (one patient, CDS feedback) get a lower limit of their
+    own, so that reading and parsing a body there costs what such a request needs.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `routes`: path template (``{name}`` matches one segment) -> (bytes, the variable that
+    sets them); a route's limit never exceeds `max_bytes`."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, routes: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.default = (max_bytes, "PERSONALIZE_MAX_BODY_BYTES")
+        self.routes = [
+            (template.split("/"), limit if limit[0] < max_bytes else self.default)
+            for template, limit in (routes or {}).items()
+        ]
+
+    def limit(self, path: str) -> tuple[int, str]:
+        """The body limit of `path` and the variable that sets it."""
+        parts = path.split("/")
+        for template, limit in self.routes:
+            if len(template) == len(parts) and all(
+                t == p or t.startswith("{") for t, p in zip(template, parts, strict=True)
+            ):
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, variable = self.limit(scope.get("path", ""))
+        message = f"request body larger than {max_bytes} bytes ({variable})"
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_large = int(declared) > self.max_bytes
+                too_large = int(declared) > max_bytes
             except ValueError:
                 await _send_problem(send, 400, "invalid Content-Length header")
                 return
             if too_large:
-                await _send_problem(send, 413, self._message())
+                await _send_problem(send, 413, message)
                 return
         received = 0
 
         async def limited() -> Message:
             nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self._message())
-            return message
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > max_bytes:
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
+            return event
 
         await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes (PERSONALIZE_MAX_BODY_BYTES)"
 
 
 async def _send_problem(send: Send, code: int, detail: str) -> None:
@@ -148,7 +169,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fhir_mapping = mapping
     app.state.cds_clients = cds_clients
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        routes={
+            "/v1/recommendations": (
+                settings.max_recommendation_body_bytes,
+                "PERSONALIZE_MAX_RECOMMENDATION_BODY_BYTES",
+            ),
+            "/cds-services/{service_id}/feedback": (
+                settings.max_feedback_body_bytes,
+                "PERSONALIZE_MAX_FEEDBACK_BODY_BYTES",
+            ),
+        },
+    )
     app.add_middleware(metrics.MetricsMiddleware, routes=lambda: app.routes)
     # outermost: on every answer, a 413 and a 500 too
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")

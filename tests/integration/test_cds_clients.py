@@ -184,14 +184,16 @@ def test_a_registered_client_discovers_and_gets_a_card_from_fetched_data(
     assert page.status_code == 200 and "Intended use" in page.text
     assert "ehr-access-token-1" not in server.output()  # no token in the logs
 
-    # feedback on that card is stored against its recommendation; unknown cards are refused
+    # feedback on that card is stored against its recommendation, coded; unknown cards are
+    # refused (tests/integration/test_cds_feedback.py has the rest)
+    reason = card["overrideReasons"][0]
     body = {
         "feedback": [
             {
                 "card": card["uuid"],
                 "outcome": "overridden",
                 "overrideReason": {
-                    "reason": {"system": "https://ehr.example.org/reasons", "code": "pt-decline"},
+                    "reason": reason,
                     "userComment": "patient prefers group sessions",
                 },
                 "outcomeTimestamp": "2026-11-29T10:00:00Z",
@@ -205,7 +207,7 @@ def test_a_registered_client_discovers_and_gets_a_card_from_fetched_data(
     with engine.connect() as connection:
         (row,) = connection.execute(select(CdsFeedback)).all()
     assert row.card == card["uuid"].replace("-", "") and row.outcome == "overridden"
-    assert "pt-decline" in row.override_reason and row.key_id.startswith("cds-")
+    assert row.override_reason == reason["code"] and row.key_id.startswith("cds-")
     assert "group sessions" not in json.dumps([str(v) for v in row])  # free text not kept
     body["feedback"][0]["card"] = "00000000-0000-4000-8000-000000000000"
     r = httpx.post(url, json=body, headers=bearer(client.token(SERVICE_AUD)))

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personalize import __version__
-from personalize.service import metrics, routes
+from personalize.service import fhir_fetch, metrics, routes
 from personalize.service.audit import Database
 from personalize.service.cds_clients import TrustedClients
 from personalize.service.config import Settings, SettingsError
@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.scorer = scorer
     app.state.fhir_mapping = mapping
     app.state.cds_clients = cds_clients
+    app.state.fhir_breaker = fhir_fetch.CircuitBreaker()
 
     app.add_middleware(
         BodyLimitMiddleware,

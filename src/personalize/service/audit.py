@@ -26,12 +26,15 @@ from sqlalchemy import (
     Engine,
     Float,
     Index,
+    Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.engine import make_url
@@ -128,21 +131,56 @@ class CdsTokenSeen(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class CdsFeedback(Base):
-    """What the clinician did with a card (CDS Hooks feedback). The card id is the audit
-    record's id, so feedback joins the recommendation it is about. Free-text comments are
-    not kept: they may name the patient."""
+class AuthFailure(Base):
+    """A failed credential check, kept for the failure window: every worker and replica
+    counts the same failures (`personalize.service.key_guard`). The subject is a digest
+    (of an address, a key id, an address and a client), never the value itself."""
 
-    __tablename__ = "cds_feedback"
+    __tablename__ = "auth_failures"
+    __table_args__ = (Index("ix_auth_failures_subject_at", "subject", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(40))
+    at: Mapped[float] = mapped_column(Float)  # Unix time: the same clock on every replica
+
+
+class CdsFeedback(Base):
+    """What the clinician did with a card (CDS Hooks feedback), once per card and outcome
+    (the constraint holds across workers and replicas). The card id is the audit record's
+    id, so feedback joins the recommendation it is about. Only coded values are kept: the
+    override reason's code from the card's own list, never its display or the clinician's
+    comment, which may name the patient. A new table: earlier versions kept
+    `LEGACY_FEEDBACK_TABLE` with the reason as given (free text included)."""
+
+    __tablename__ = "cds_feedback_v2"
+    __table_args__ = (UniqueConstraint("card", "outcome", name="uq_cds_feedback_v2_card_outcome"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     key_id: Mapped[str] = mapped_column(String(32))
     service_id: Mapped[str] = mapped_column(String(64))
-    card: Mapped[str] = mapped_column(String(64))
+    card: Mapped[str] = mapped_column(String(32))  # the audit record's id
     outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
-    override_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    outcome_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    override_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a code
+    outcome_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # UTC
+
+
+LEGACY_FEEDBACK_TABLE = "cds_feedback"
+
+
+@event.listens_for(CdsFeedback.__table__, "after_create")
+def _report_legacy_feedback(target: Any, connection: Any, **_: Any) -> None:
+    """Said once, when this version's feedback table is created beside an earlier one: the
+    old table is neither read nor written, and may hold free text."""
+    if inspect(connection).has_table(LEGACY_FEEDBACK_TABLE):
+        log.warning(
+            "the audit database still holds table %s, where an earlier version kept CDS "
+            "feedback with override reasons as the EHR sent them (free text that may name a "
+            "patient included). Feedback now goes to %s; the old table is not used: review "
+            "it and drop it (see docs/security.md)",
+            LEGACY_FEEDBACK_TABLE,
+            CdsFeedback.__tablename__,
+        )
 
 
 # built once: SQLAlchemy computes a new statement's cache key on every execution
@@ -151,10 +189,20 @@ _INSERT_AUDIT = insert(AuditRecord)
 
 @dataclass(frozen=True)
 class FeedbackEntry:
-    card: str
+    """One feedback item as it is kept: coded values and a parsed time only."""
+
+    card: str  # the audit record's id
     outcome: str
-    override_reason: str | None
-    outcome_at: str | None
+    override_reason: str | None  # a code of the card's overrideReasons
+    outcome_at: datetime
+
+
+class FeedbackExists(Exception):
+    """Feedback with this outcome was recorded for these cards before (audit ids)."""
+
+    def __init__(self, taken: Sequence[tuple[str, str]]) -> None:
+        super().__init__(f"feedback already recorded for {len(taken)} card(s)")
+        self.taken = list(taken)
 
 
 @dataclass(frozen=True)
@@ -362,14 +410,17 @@ class Database:
         self.availability.answered()
         return True
 
-    def cds_records(self, ids: Sequence[str]) -> set[str]:
-        """Which of these audit record ids are CDS Hooks recommendations (cards)."""
+    def cds_records(self, ids: Sequence[str], key_id: str) -> set[str]:
+        """Which of these audit record ids are CDS Hooks cards given to `key_id`: only the
+        caller a card was given to may send feedback on it."""
         if not ids:
             return set()
         with self.engine.connect() as connection:
             found = connection.execute(
                 select(AuditRecord.id).where(
-                    AuditRecord.id.in_(list(ids)), AuditRecord.channel == "cds-hooks"
+                    AuditRecord.id.in_(list(ids)),
+                    AuditRecord.channel == "cds-hooks",
+                    AuditRecord.key_id == key_id,
                 )
             ).scalars()
             return set(found)
@@ -377,7 +428,9 @@ class Database:
     def record_feedback(
         self, key_id: str, service_id: str, entries: Sequence[FeedbackEntry]
     ) -> None:
-        """Write a feedback request's entries in one transaction."""
+        """Write a feedback request's entries in one transaction, all or none; FeedbackExists
+        when a card already has feedback with that outcome (from this request's caller or a
+        concurrent one: the unique constraint decides)."""
         now = utcnow()
         rows = [
             {
@@ -388,17 +441,34 @@ class Database:
                 "card": e.card,
                 "outcome": e.outcome,
                 "override_reason": e.override_reason,
-                "outcome_at": e.outcome_at,
+                "outcome_at": e.outcome_at.astimezone(UTC),
             }
             for e in entries
         ]
         try:
             with self.engine.begin() as connection:
                 connection.execute(insert(CdsFeedback), rows)
+        except IntegrityError:
+            taken = self._feedback_recorded(entries)
+            if not taken:
+                raise
+            raise FeedbackExists(taken) from None
         except SQLAlchemyError as exc:
             self.availability.failed(exc)
             raise
         self.availability.answered()
+
+    def _feedback_recorded(self, entries: Sequence[FeedbackEntry]) -> list[tuple[str, str]]:
+        """Which (card, outcome) pairs of `entries` have feedback recorded already."""
+        with self.engine.connect() as connection:
+            recorded = set(
+                connection.execute(
+                    select(CdsFeedback.card, CdsFeedback.outcome).where(
+                        CdsFeedback.card.in_({e.card for e in entries})
+                    )
+                ).tuples()
+            )
+        return [(e.card, e.outcome) for e in entries if (e.card, e.outcome) in recorded]
 
 
 def make_engine(url: str) -> Engine:
@@ -447,6 +517,7 @@ __all__ = [
     "CdsTokenSeen",
     "Database",
     "FeedbackEntry",
+    "FeedbackExists",
     "SQLAlchemyError",
     "ServiceSecret",
     "ServiceSignal",

@@ -12,11 +12,13 @@ features. What a registered client leaves out is fetched from its own FHIR serve
 from __future__ import annotations
 
 import math
+import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from personalize.service import fhir
 from personalize.service.fhir import Extraction
@@ -74,6 +76,14 @@ class Link(BaseModel):
     type: Literal["absolute", "smart"] = "absolute"
 
 
+class Coding(BaseModel):
+    """A FHIR Coding: only its system and code carry meaning here; display is for people."""
+
+    system: str | None = Field(default=None, max_length=200)
+    code: str | None = Field(default=None, max_length=64)
+    display: str | None = Field(default=None, max_length=200)
+
+
 class Card(BaseModel):
     uuid: str
     summary: str = Field(max_length=SUMMARY_MAX)
@@ -81,33 +91,132 @@ class Card(BaseModel):
     detail: str = Field(description="GitHub-flavored Markdown")
     source: CardSource
     links: list[Link] = Field(default_factory=list)
+    overrideReasons: list[Coding] = Field(
+        default_factory=list, description="the reasons feedback may give for an override"
+    )
 
 
 class CdsResponse(BaseModel):
     cards: list[Card]
 
 
-class OverrideReason(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# the override reasons every card offers: coded, so feedback never carries free text
+OVERRIDE_SYSTEM = "urn:personalize:cds:override-reason"
+OVERRIDE_REASONS: dict[str, str] = {
+    "patient-preference": "Patient preference",
+    "clinical-judgement": "Clinical judgement",
+    "contraindicated": "Contraindicated for this patient",
+    "already-tried": "Already tried",
+    "not-relevant": "Not relevant to this patient",
+}
+FEEDBACK_MAX = 20  # items per feedback request: one card each, a few cards per view
 
-    reason: dict[str, Any] | None = Field(default=None, description="a FHIR Coding")
-    userComment: str | None = Field(default=None, max_length=2000)
+
+def override_reasons() -> list[Coding]:
+    return [Coding(system=OVERRIDE_SYSTEM, code=c, display=d) for c, d in OVERRIDE_REASONS.items()]
+
+
+def _override_reason_codes() -> str:
+    return f"system {OVERRIDE_SYSTEM}, code one of {', '.join(OVERRIDE_REASONS)}"
+
+
+# a FHIR instant: date, time to the second (fraction optional) and a timezone, nothing less
+_INSTANT = re.compile(
+    r"(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d{1,9}))?"
+    r"(?P<zone>Z|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+
+
+def parse_instant(text: str) -> datetime:
+    """A FHIR instant as a timezone-aware datetime in UTC (digits beyond microseconds
+    dropped); ValueError for anything else, a date alone or a time without zone included."""
+    match = _INSTANT.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            "must be a FHIR instant: ISO 8601 date and time with seconds and a timezone, "
+            "e.g. 2026-11-29T10:00:00Z"
+        )
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    zone = "+00:00" if match["zone"] == "Z" else match["zone"]
+    try:
+        return datetime.fromisoformat(f"{match['base']}.{fraction}{zone}").astimezone(UTC)
+    except ValueError:
+        raise ValueError("is not a valid date and time (e.g. 2026-11-29T10:00:00Z)") from None
+
+
+class OverrideReason(BaseModel):
+    reason: Coding | None = Field(
+        default=None, description="one of the card's overrideReasons (system and code)"
+    )
+    userComment: str | None = Field(
+        default=None, max_length=2000, description="accepted, never stored: it may name the patient"
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _offered(cls, reason: Coding | None) -> Coding | None:
+        if reason is not None and (
+            reason.system != OVERRIDE_SYSTEM or reason.code not in OVERRIDE_REASONS
+        ):
+            raise ValueError(
+                f"must be one of the card's overrideReasons: {_override_reason_codes()}"
+            )
+        return reason
 
 
 class FeedbackItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     card: str = Field(max_length=64, description="the card's uuid")
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[dict[str, Any]] | None = Field(default=None, max_length=20)
+    acceptedSuggestions: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=FEEDBACK_MAX,
+        description="always empty: cards carry no suggestions",
+    )
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: str | None = Field(default=None, max_length=40)
+    outcomeTimestamp: str = Field(max_length=40, description="a FHIR instant")
+
+    @field_validator("acceptedSuggestions")
+    @classmethod
+    def _no_suggestions(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("must be empty: this service's cards carry no suggestions")
+        return value
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _instant(cls, value: str) -> str:
+        parse_instant(value)
+        return value
+
+    @model_validator(mode="after")
+    def _reason_only_when_overridden(self) -> FeedbackItem:
+        if self.overrideReason is not None and self.outcome != "overridden":
+            raise ValueError("overrideReason is only for outcome 'overridden'")
+        return self
+
+    @property
+    def outcome_at(self) -> datetime:
+        return parse_instant(self.outcomeTimestamp)
 
 
 class Feedback(BaseModel):
     """CDS Hooks 2.0 feedback: what the clinician did with cards this service returned."""
 
-    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=FEEDBACK_MAX)
+
+    @model_validator(mode="after")
+    def _once_per_card_and_outcome(self) -> Feedback:
+        seen: set[tuple[str, str]] = set()
+        for item in self.feedback:
+            key = (audit_id_of(item.card) or item.card, item.outcome)
+            if key in seen:
+                raise ValueError(
+                    f"card {echo(item.card)} is given outcome {item.outcome!r} twice: "
+                    "feedback is once per card and outcome"
+                )
+            seen.add(key)
+        return self
 
 
 def card_uuid(audit_id: str) -> str:
@@ -123,10 +232,10 @@ def audit_id_of(card: str) -> str | None:
 
 
 def override_reason(item: FeedbackItem) -> str | None:
-    """The override reason's code and display (the free-text comment is not kept)."""
-    reason = (item.overrideReason.reason if item.overrideReason else None) or {}
-    text = " ".join(str(reason.get(k) or "") for k in ("system", "code", "display")).strip()
-    return text[:200] or None
+    """The override reason's code: all that is kept (its display and the clinician's
+    comment are not)."""
+    reason = item.overrideReason.reason if item.overrideReason else None
+    return reason.code if reason else None
 
 
 # ---------------------------------------------------------------------------- the service
@@ -340,4 +449,5 @@ def card(
         detail=detail(rec, treatment, control, extraction),
         source=CardSource(label=label, url=model_card_url),
         links=[Link(label=f"Model card: {m.name} v{m.version}", url=model_card_url)],
+        overrideReasons=override_reasons(),
     )

@@ -72,7 +72,11 @@ def discovery(
     response_model=CdsResponse,
     responses={
         **CALLER_ERRORS,
-        400: {"model": Problem, "description": "not a patient-view request"},
+        400: {
+            "model": Problem,
+            "description": "not a patient-view request, or a fhirServer, access token or "
+            "context value that cannot be used to fetch",
+        },
         412: {"model": Problem, "description": "required prefetch data missing"},
     },
     summary="CDS Hooks patient-view: one card",
@@ -95,17 +99,25 @@ async def patient_view(
     notes: list[str] = []
     why_missing = "send the prefetch named in discovery"
     if missing and body.fhirServer:
-        if caller.client is None or not caller.client.allows_fhir_server(body.fhirServer):
-            why_missing = "fhirServer is not a FHIR server registered for this client"
-        else:
-            token = (body.fhirAuthorization or {}).get("access_token")
-            queries = {k: templates[k] for k in missing}
-            fetched = await fhir_fetch.fetch(
-                body.fhirServer, token if isinstance(token, str) else None, queries, body.context
-            )
-            prefetch.update(fetched.prefetch)
-            notes += fetched.notes
-            why_missing = "; ".join(fetched.notes) or why_missing
+        try:
+            server = fhir_fetch.requested_server(body.fhirServer)
+            token = fhir_fetch.requested_token(body.fhirAuthorization)
+            if caller.client is None or not caller.client.allows_fhir_server(body.fhirServer):
+                why_missing = "fhirServer is not a FHIR server registered for this client"
+            else:
+                fetched = await fhir_fetch.fetch(
+                    server,
+                    token,
+                    {k: templates[k] for k in missing},
+                    body.context,
+                    breaker=request.app.state.fhir_breaker,
+                    client_id=caller.client.iss,
+                )
+                prefetch.update(fetched.prefetch)
+                notes += fetched.notes
+                why_missing = "; ".join(fetched.notes) or why_missing
+        except fhir_fetch.RequestInvalid as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     cds_hooks.check_prefetch(prefetch, patient_id, why_missing)
     try:
         extraction = mapping.extract(loaded.contract, prefetch, datetime.now(UTC).date())

@@ -29,6 +29,7 @@ from personalize.service.config import Settings, SettingsError
 from personalize.service.fhir import FhirMapping
 from personalize.service.headers import SecurityHeadersMiddleware
 from personalize.service.holder import RELOAD, ModelHolder
+from personalize.service.key_sets import KeyPolicy
 from personalize.service.pseudonyms import pseudonym_key
 from personalize.service.recommend import scoring_thread
 from personalize.service.routes import docs, page
@@ -120,8 +121,12 @@ def trusted_cds_clients(settings: Settings) -> TrustedClients | None:
     """The CDS clients file, read once at start (a bad file stops the start, naming it)."""
     if settings.cds_clients is None:
         return None
+    policy = KeyPolicy(
+        cache_seconds=settings.cds_keys_cache_seconds,
+        refresh_seconds=settings.cds_keys_refresh_seconds,
+    )
     try:
-        return TrustedClients.load(settings.cds_clients)
+        return TrustedClients.load(settings.cds_clients, policy)
     except ValueError as exc:
         raise SettingsError(f"PERSONALIZE_CDS_CLIENTS: {exc}") from None
 
@@ -148,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if cds_clients is not None:
+                cds_clients.close()
             holder.stop()
             scorer.close()
             database.dispose()

@@ -108,10 +108,10 @@ class Settings(BaseSettings):
         "max_body_bytes",
     )
     max_feedback_body_bytes: int = Field(
-        default=256 * 1024,
+        default=64 * 1024,
         ge=1024,
-        description="largest body of CDS Hooks feedback (at most 100 items with their "
-        "comments); at most max_body_bytes",
+        description="largest body of CDS Hooks feedback (a few items of codes, each with a "
+        "comment of at most 2,000 characters); at most max_body_bytes",
     )
     max_header_bytes: int = Field(
         default=16 * 1024,

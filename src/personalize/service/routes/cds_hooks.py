@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
 
 from personalize.service import cds_hooks, fhir_fetch
-from personalize.service.audit import FeedbackEntry
+from personalize.service.audit import FeedbackEntry, FeedbackExists
 from personalize.service.cds_hooks import CdsDiscovery, CdsRequest, CdsResponse, Feedback
 from personalize.service.deps import (
     CdsCallerDep,
@@ -25,7 +25,7 @@ from personalize.service.deps import (
 )
 from personalize.service.fhir import FhirError
 from personalize.service.recommend import recommend
-from personalize.service.schemas import Problem
+from personalize.service.schemas import Problem, ValidationProblem
 
 router = APIRouter(tags=["CDS Hooks"])
 
@@ -142,7 +142,16 @@ async def patient_view(
     responses={
         **CALLER_ERRORS,
         400: {"model": Problem, "description": "the body is not JSON"},
-        404: {"model": Problem, "description": "unknown service id or card"},
+        404: {
+            "model": Problem,
+            "description": "unknown service id, or a card this service did not give this caller",
+        },
+        409: {"model": Problem, "description": "feedback with this outcome already recorded"},
+        422: {
+            "model": ValidationProblem,
+            "description": "not coded as the card offers, not a FHIR instant, suggestions "
+            "accepted, or a card and outcome twice",
+        },
     },
     summary="CDS Hooks feedback: what the clinician did with a card",
 )
@@ -153,10 +162,13 @@ async def feedback(
     database: DatabaseDep,
     settings: SettingsDep,
 ) -> Response:
+    """Kept once per card and outcome, for the caller the card was given to only (another
+    caller gets the 404 of a card that does not exist), coded values only."""
     _known_service(service_id, settings.cds_service_id)
+    key_id = caller.principal.key_id
     ids = {item.card: cds_hooks.audit_id_of(item.card) for item in body.feedback}
     known = await anyio.to_thread.run_sync(
-        database.cds_records, [i for i in ids.values() if i is not None]
+        database.cds_records, [i for i in ids.values() if i is not None], key_id
     )
     unknown = [card for card, audit_id in ids.items() if audit_id not in known]
     if unknown:
@@ -170,13 +182,19 @@ async def feedback(
             card=str(ids[item.card]),
             outcome=item.outcome,
             override_reason=cds_hooks.override_reason(item),
-            outcome_at=item.outcomeTimestamp,
+            outcome_at=item.outcome_at,
         )
         for item in body.feedback
     ]
-    await anyio.to_thread.run_sync(
-        database.record_feedback, caller.principal.key_id, service_id, entries
-    )
+    try:
+        await anyio.to_thread.run_sync(database.record_feedback, key_id, service_id, entries)
+    except FeedbackExists as exc:
+        card, outcome = exc.taken[0]
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"feedback {outcome!r} on card {cds_hooks.card_uuid(card)} was already "
+            "recorded (once per card and outcome); nothing in this request was kept",
+        ) from None
     return Response(status_code=status.HTTP_200_OK)
 
 

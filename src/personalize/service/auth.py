@@ -157,12 +157,6 @@ def _memo(key_id: str, secret: str) -> tuple[str, str]:
     return (key_id, hashlib.sha256(secret.encode()).hexdigest())
 
 
-def verified_before(key_id: str, secret: str) -> bool:
-    """This process has verified `secret` for `key_id` (whether the key still holds, and
-    with which role, is for its row to say)."""
-    return _verified.get(_memo(key_id, secret)) is not None
-
-
 # what an unknown key id is checked against: random, so nothing matches it
 _DECOY_SALT = secrets.token_bytes(16)
 _DECOY_HASH = secrets.token_hex(64)

@@ -7,8 +7,9 @@ request), and while it is down at most one attempt per retry interval touches it
 other request gets 503 at once with a ``Retry-After`` of that interval. Per process: each
 worker or replica notices on its own.
 
-The log names the error's classes (and, for a failed connection, the driver's reason),
-never a statement's parameters, which can hold patient-derived values.
+The log names the error's classes and SQLSTATE only: never the driver's message (a failed
+connection's names its host, port and database) or a statement's parameters, which can hold
+patient-derived values.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 log = logging.getLogger("personalize.service.availability")
 
 
 def describe(exc: BaseException) -> str:
-    """The error's classes, plus the driver's first line when no statement was involved (a
-    failed connection: host, port, database name, no data)."""
+    """The error's classes and SQLSTATE: never the driver's message, which names the host,
+    port, database and user of a failed connection, or a statement's values."""
     words = type(exc).__name__
     orig = getattr(exc, "orig", None)
     if orig is not None:
@@ -34,10 +35,6 @@ def describe(exc: BaseException) -> str:
         sqlstate = getattr(orig, "sqlstate", None)
         if sqlstate:
             words += f" SQLSTATE {sqlstate}"
-        if isinstance(exc, DBAPIError) and exc.statement is None:
-            lines = str(orig).strip().splitlines()
-            if lines:
-                words += f": {lines[0][:240]}"
     return words
 
 

@@ -12,37 +12,45 @@ FHIR servers it may send the service to:
         fhir_servers: [https://ehr.example.org/fhir]
 
 Keys are fetched from the registered `jwks_url` only (a `jku` header is accepted when it
-equals it, never followed elsewhere) and cached. Only asymmetric algorithms are accepted: a
+equals it, never followed elsewhere) and cached with an expiry (`personalize.service.key_sets`).
+Only asymmetric algorithms are accepted, each key only with the algorithm it declares: a
 client's public key must never double as an HMAC secret.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import jwt
 import yaml
 
 from personalize.service import fhir_urls
+from personalize.service.key_sets import (
+    ALGORITHMS,
+    KeyNotFound,
+    KeyPolicy,
+    KeySet,
+    KeySetUnavailable,
+)
 
-ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 MAX_LIFETIME_SECONDS = 300  # the specification: exp at most 5 minutes after iat
 LEEWAY_SECONDS = 30  # clock skew between the client and this service
-JWKS_TIMEOUT_SECONDS = 5.0
-JWKS_CACHE_SECONDS = 300.0
 
 
 class ClientRejected(Exception):
     """A JWT this service does not accept; the message is the reason given to the caller
-    (it names no key material)."""
+    (it names no key material). `claimed` is the registered client the token names, if
+    any: failures are counted per address and claimed client."""
+
+    def __init__(self, reason: str, claimed: CdsClient | None = None) -> None:
+        super().__init__(reason)
+        self.claimed = claimed
 
 
 @dataclass(frozen=True)
@@ -84,46 +92,16 @@ def _base(url: str) -> fhir_urls.FhirUrl | None:
         return None
 
 
-class FileKeySet:
-    """A JWK Set in a local file (`file://`; PyJWKClient fetches over HTTP(S) only), read
-    again when a `kid` is not in it or the cached copy is older than `lifespan`."""
-
-    def __init__(self, url: str, lifespan: float = JWKS_CACHE_SECONDS) -> None:
-        self.path = Path(urlparse(url).path)
-        self.lifespan = lifespan
-        self._keys: jwt.PyJWKSet | None = None
-        self._read_at = 0.0
-
-    def _read(self) -> jwt.PyJWKSet:
-        try:
-            keys = jwt.PyJWKSet.from_json(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, jwt.PyJWKSetError) as exc:
-            raise jwt.PyJWKClientConnectionError(f"cannot read the JWK Set: {exc}") from None
-        self._keys, self._read_at = keys, time.monotonic()
-        return keys
-
-    def get_signing_key(self, kid: str) -> jwt.PyJWK:
-        keys = self._keys
-        if keys is None or time.monotonic() - self._read_at > self.lifespan:
-            keys = self._read()
-        found = next((k for k in keys.keys if k.key_id == kid), None)
-        if found is None:  # a key added since the last read
-            found = next((k for k in self._read().keys if k.key_id == kid), None)
-        if found is None:
-            raise jwt.PyJWKClientError(f"no key with kid {kid!r}")
-        return found
-
-
 class TrustedClients:
     """The registered clients and a cached key set per client."""
 
-    def __init__(self, clients: Sequence[CdsClient]) -> None:
+    def __init__(self, clients: Sequence[CdsClient], policy: KeyPolicy | None = None) -> None:
         self.clients = {c.iss: c for c in clients}
-        self._keys: dict[str, jwt.PyJWKClient | FileKeySet] = {}
-        self._lock = threading.Lock()
+        self.policy = policy or KeyPolicy()
+        self._keys = {c.iss: KeySet(c.jwks_url, self.policy) for c in clients}
 
     @classmethod
-    def load(cls, path: Path) -> TrustedClients:
+    def load(cls, path: Path, policy: KeyPolicy | None = None) -> TrustedClients:
         """Read the clients file; a ValueError names the file, the entry and the field."""
         try:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -155,58 +133,87 @@ class TrustedClients:
             if iss in {c.iss for c in clients}:
                 raise ValueError(f"{where}.iss: {iss!r} is registered twice")
             clients.append(CdsClient(iss, jwks_url, tuple(servers)))
-        return cls(clients)
+        return cls(clients, policy)
 
-    def _key_set(self, client: CdsClient) -> jwt.PyJWKClient | FileKeySet:
-        with self._lock:
-            keys = self._keys.get(client.iss)
-            if keys is None and client.jwks_url.startswith("file://"):
-                keys = self._keys[client.iss] = FileKeySet(client.jwks_url)
-            if keys is None:
-                keys = jwt.PyJWKClient(
-                    client.jwks_url,
-                    cache_keys=True,
-                    lifespan=JWKS_CACHE_SECONDS,
-                    timeout=JWKS_TIMEOUT_SECONDS,
-                )
-                self._keys[client.iss] = keys
-            return keys
+    def claimed(self, token: str) -> CdsClient | None:
+        """The registered client a token names (`iss`, unverified), if any."""
+        try:
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            return None
+        return self.clients.get(iss) if isinstance(iss, str) else None
 
-    def verify(
-        self,
-        token: str,
-        audience: str | list[str],
-        first_use: Callable[[CdsClient, str, datetime], bool],
-        now: float | None = None,
+    def close(self) -> None:
+        """Cancel key fetches in flight (at shutdown)."""
+        for keys in self._keys.values():
+            keys.close()
+
+    async def verify(
+        self, token: str, audience: str | list[str], now: float | None = None
     ) -> VerifiedCall:
-        """Check a client's JWT for `audience`; `first_use(client, jti, expires_at)` records
-        the `jti` and says whether it is new. Blocking (may fetch the key set): run it off
-        the event loop."""
+        """Check a client's JWT for `audience` (the `jti` is still to be recorded: a
+        replay is for the audit database to tell). May wait for the client's key set,
+        within its deadline, on the event loop (no thread held)."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise ClientRejected("not a JWT") from None
+        iss = unverified.get("iss")
+        client = self.clients.get(iss) if isinstance(iss, str) else None
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise ClientRejected(
-                f"algorithm {alg!r} is not accepted (asymmetric only: {', '.join(ALGORITHMS)})"
+                f"algorithm {alg!r} is not accepted (asymmetric only: "
+                f"{', '.join(sorted(ALGORITHMS))})",
+                client,
             )
-        if not isinstance(header.get("kid"), str) or not header["kid"]:
-            raise ClientRejected("the JWT header has no 'kid'")
-        iss = unverified.get("iss")
-        client = self.clients.get(iss) if isinstance(iss, str) else None
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise ClientRejected("the JWT header has no 'kid'", client)
         if client is None:
             raise ClientRejected("'iss' is not a registered CDS client")
         jku = header.get("jku")
         if jku is not None and jku != client.jwks_url:
-            raise ClientRejected("'jku' is not the client's registered JWK Set URL")
+            raise ClientRejected("'jku' is not the client's registered JWK Set URL", client)
         try:
-            key = self._key_set(client).get_signing_key(header["kid"])
-        except jwt.PyJWKClientConnectionError:
-            raise ClientRejected("the client's JWK Set cannot be fetched") from None
-        except jwt.PyJWKClientError:
-            raise ClientRejected("no key with this 'kid' in the client's JWK Set") from None
+            key = await self._keys[client.iss].key(kid)
+        except KeySetUnavailable as exc:
+            raise ClientRejected(str(exc), client) from None
+        except KeyNotFound:
+            raise ClientRejected("no key with this 'kid' in the client's JWK Set", client) from None
+        if alg not in key.algorithms:
+            raise ClientRejected(
+                f"the key with this 'kid' is for {', '.join(sorted(key.algorithms))}, not {alg}",
+                client,
+            )
+        when = time.time() if now is None else now
+        claims = self._claims(token, key.key, alg, audience, client, unverified, when)
+        exp, iat, jti = claims["exp"], claims["iat"], claims["jti"]
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            raise ClientRejected("'exp' and 'iat' must be numbers", client)
+        if exp - iat > MAX_LIFETIME_SECONDS:
+            raise ClientRejected(f"'exp' is more than {MAX_LIFETIME_SECONDS} s after 'iat'", client)
+        if iat > when + LEEWAY_SECONDS:
+            raise ClientRejected("'iat' is in the future", client)
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise ClientRejected(
+                "'jti' must be a non-empty string of at most 256 characters", client
+            )
+        expires_at = datetime.fromtimestamp(float(exp) + LEEWAY_SECONDS, UTC)
+        return VerifiedCall(client, jti, expires_at)
+
+    @staticmethod
+    def _claims(
+        token: str,
+        key: jwt.PyJWK,
+        alg: str,
+        audience: str | list[str],
+        client: CdsClient,
+        unverified: dict[str, Any],
+        now: float,
+    ) -> dict[str, Any]:
+        """The verified claims, or the reason they are refused."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -219,28 +226,19 @@ class TrustedClients:
             )
         except jwt.InvalidAudienceError:
             wanted = audience if isinstance(audience, str) else " or ".join(audience)
-            raise ClientRejected(f"'aud' must be {wanted}") from None
+            raise ClientRejected(f"'aud' must be {wanted}", client) from None
         except jwt.ExpiredSignatureError:
-            raise ClientRejected("the JWT has expired") from None
+            raise ClientRejected("the JWT has expired", client) from None
         except jwt.ImmatureSignatureError:
-            raise ClientRejected("'iat' is in the future") from None
+            nbf = unverified.get("nbf")
+            early = isinstance(nbf, int | float) and nbf > now + LEEWAY_SECONDS
+            claim = "nbf" if early else "iat"
+            raise ClientRejected(f"{claim!r} is in the future", client) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise ClientRejected(f"the JWT has no {exc.claim!r} claim") from None
+            raise ClientRejected(f"the JWT has no {exc.claim!r} claim", client) from None
         except jwt.PyJWTError as exc:
-            raise ClientRejected(f"the JWT is not valid: {type(exc).__name__}") from None
-        exp, iat, jti = claims["exp"], claims["iat"], claims["jti"]
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-            raise ClientRejected("'exp' and 'iat' must be numbers")
-        if exp - iat > MAX_LIFETIME_SECONDS:
-            raise ClientRejected(f"'exp' is more than {MAX_LIFETIME_SECONDS} s after 'iat'")
-        if iat > (time.time() if now is None else now) + LEEWAY_SECONDS:
-            raise ClientRejected("'iat' is in the future")
-        if not isinstance(jti, str) or not jti or len(jti) > 256:
-            raise ClientRejected("'jti' must be a non-empty string of at most 256 characters")
-        expires_at = datetime.fromtimestamp(float(exp) + LEEWAY_SECONDS, UTC)
-        if not first_use(client, jti, expires_at):
-            raise ClientRejected("this 'jti' was already used (replay)")
-        return VerifiedCall(client, jti, expires_at)
+            raise ClientRejected(f"the JWT is not valid: {type(exc).__name__}", client) from None
+        return claims
 
 
 def looks_like_jwt(credential: str) -> bool:

@@ -143,10 +143,20 @@ class Settings(BaseSettings):
         description="a file holding the pseudonym HMAC key, instead of PSEUDONYM_SECRET",
     )
     auth_failures_per_key: int = Field(
-        default=10, ge=1, description="failed key checks per key id in the window before 429"
+        default=10,
+        ge=1,
+        description="failed key checks per key id from one address in the window before 429",
+    )
+    auth_failures_per_key_all: int = Field(
+        default=100,
+        ge=1,
+        description="failed key checks per key id from all addresses in the window before 429",
     )
     auth_failures_per_client: int = Field(
-        default=30, ge=1, description="failed key checks per client address in the window: 429"
+        default=30,
+        ge=1,
+        description="failed checks per client address (of unknown keys, of tokens of no "
+        "registered client) and per address and CDS client, in the window, before 429",
     )
     auth_failure_window: float = Field(
         default=60.0, gt=0, description="seconds a failed key check counts against key and client"
@@ -156,6 +166,20 @@ class Settings(BaseSettings):
     )
     auth_hash_wait: float = Field(
         default=1.0, gt=0, description="seconds a key check waits for a hashing slot before 503"
+    )
+    cds_keys_cache_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="how long a CDS client's fetched JWK Set is trusted: a key removed from "
+        "it is refused at most this long after its removal",
+    )
+    cds_keys_refresh_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="at most one JWK Set fetch per client in this interval when a token "
+        "names a key id the cached set lacks (a rotated key is accepted on first use)",
     )
     fhir_mapping: Path = Field(
         default=PACKAGE_DIR / "fhir_mapping.yaml",

@@ -27,7 +27,6 @@ from personalize.service.auth import (
     claim,
     decoy_check,
     split_key,
-    verified_before,
 )
 from personalize.service.availability import DatabaseAvailability
 from personalize.service.cds_clients import (
@@ -39,7 +38,7 @@ from personalize.service.cds_clients import (
 from personalize.service.config import Settings
 from personalize.service.fhir import FhirMapping
 from personalize.service.holder import LoadedModel, ModelHolder
-from personalize.service.key_guard import HashingBusy, KeyGuard
+from personalize.service.key_guard import HashingBusy, KeyGuard, Subject
 from personalize.service.recommend import ScoringThread
 from personalize.service.schemas import Problem
 
@@ -108,8 +107,8 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": Problem, "description": "the key's role does not allow this route"},
     429: {
         "model": Problem,
-        "description": "too many failed key checks from this address or for this key id; "
-        "see Retry-After",
+        "description": "too many failed credential checks from this address, for this key "
+        "id or in this client's name; see Retry-After",
     },
     503: {
         "model": Problem,
@@ -128,7 +127,7 @@ def _unauthorized(detail: str) -> HTTPException:
 def _too_many(wait: int) -> HTTPException:
     return HTTPException(
         status.HTTP_429_TOO_MANY_REQUESTS,
-        detail="too many failed API-key checks; retry later",
+        detail="too many failed credential checks; retry later",
         headers={"Retry-After": str(wait)},
     )
 
@@ -148,7 +147,7 @@ def key_guard(state: Any) -> KeyGuard:
     (its counters belong to this app; called on the event loop only, so made once)."""
     guard: KeyGuard | None = getattr(state, "key_guard", None)
     if guard is None:
-        guard = state.key_guard = KeyGuard.from_settings(state.settings)
+        guard = state.key_guard = KeyGuard.from_settings(state.settings, state.database)
     return guard
 
 
@@ -157,6 +156,36 @@ async def get_key_guard(request: Request) -> KeyGuard:
 
 
 KeyGuardDep = Annotated[KeyGuard, Depends(get_key_guard)]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address: the socket's peer, or what a proxy the settings trust
+    forwarded (uvicorn applies that before the app sees the request)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def _over_limit(database: Database, guard: KeyGuard, *subjects: Subject) -> int:
+    """Seconds the caller must wait (0: may go on); 503 while the audit database, which
+    holds the failure counts, is unavailable."""
+    _available(database)
+    try:
+        return await guard.wait(*subjects)
+    except SQLAlchemyError:
+        raise database_unavailable(database.availability) from None
+
+
+async def _count_failure(database: Database, guard: KeyGuard, *subjects: Subject) -> None:
+    _available(database)
+    try:
+        await guard.failed(*subjects)
+    except SQLAlchemyError:
+        raise database_unavailable(database.availability) from None
+
+
+def _available(database: Database) -> None:
+    """503 at once while the database is known to be down (its retry is `_claim`'s)."""
+    if database.availability.down:
+        raise database_unavailable(database.availability)
 
 
 async def authenticate(
@@ -169,28 +198,29 @@ async def authenticate(
     takes effect at once). A coroutine that reads the row on the event loop: one indexed
     read of one row (tens of microseconds on SQLite, a loopback round trip on PostgreSQL)
     costs less than handing it to the thread pool, which took a fifth of a worker's time
-    under load. scrypt, for a secret not seen before, runs in the thread pool, a bounded
-    number at once, and for an unknown key id too; an address or key id over its failure
-    limit gets 429 before any of that."""
+    under load. A secret this process verified before for the row's current hash passes at
+    once; any other needs scrypt, run in the thread pool a bounded number at once (for an
+    unknown key id too, against a decoy), unless a failure limit says 429 first: the key
+    id's own, or, for a key id without a usable row, the address's."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    client = request.client.host if request.client else "unknown"
+    address = client_address(request)
     parts = split_key(credentials.credentials)
-    key_id = parts[0] if parts else None
-    wait = guard.wait(client, key_id)
-    # over a limit, only a secret verified before may go on (no hash needed), and only as
-    # far as its row still holds it (not revoked, not replaced)
-    if wait and (parts is None or not verified_before(*parts)):
-        raise _too_many(wait)
     if parts is None:
-        guard.failed(client, None)
+        at = guard.address(address)
+        if wait := await _over_limit(database, guard, at):
+            raise _too_many(wait)
+        await _count_failure(database, guard, at)
         raise _unauthorized("invalid or revoked API key")
+    key_id, secret = parts
     found = await _claim(database, credentials.credentials)
     if found is not None and found.remembered():
         return found.principal
-    if wait:
+    failing = (guard.address(address), *guard.key(key_id, address))
+    gates = failing[1:] if found is not None else failing
+    if wait := await _over_limit(database, guard, *gates):
         raise _too_many(wait)
-    check = found.check if found is not None else functools.partial(decoy_check, parts[1])
+    check = found.check if found is not None else functools.partial(decoy_check, secret)
     try:
         async with guard.hashing():
             valid = await anyio.to_thread.run_sync(check)  # scrypt: off the loop
@@ -201,7 +231,7 @@ async def authenticate(
             headers={"Retry-After": "1"},
         ) from None
     if not valid or found is None:
-        guard.failed(client, key_id)
+        await _count_failure(database, guard, *failing)
         raise _unauthorized("invalid or revoked API key")
     return found.principal
 
@@ -289,19 +319,20 @@ async def _cds_caller(
     ):
         principal = await authenticate(request, credentials, database, guard)
         return CdsCaller(allowed(principal, Role.clinician))
-    address = request.client.host if request.client else "unknown"
-    wait = guard.wait(address, None)
-    if wait:
-        raise _too_many(wait)
-
-    def first_use(client: CdsClient, jti: str, expires_at: Any) -> bool:
-        return database.first_use(client.iss, jti, expires_at)
-
-    verify = functools.partial(clients.verify, credentials.credentials, audience, first_use)
+    address = client_address(request)
     try:
-        call = await anyio.to_thread.run_sync(verify)  # may fetch the client's key set
+        call = await clients.verify(credentials.credentials, audience)
+        fresh = await anyio.to_thread.run_sync(
+            database.first_use, call.client.iss, call.jti, call.expires_at
+        )
+        if not fresh:
+            raise ClientRejected("this 'jti' was already used (replay)", call.client)
     except ClientRejected as exc:
-        guard.failed(address, None)
+        claimed = exc.claimed
+        at = guard.client(address, claimed.iss) if claimed else guard.address(address)
+        if wait := await _over_limit(database, guard, at):
+            raise _too_many(wait) from None
+        await _count_failure(database, guard, at)
         raise _unauthorized(f"CDS client JWT refused: {exc}") from None
     except SQLAlchemyError:
         raise database_unavailable(database.availability) from None

@@ -190,6 +190,7 @@ def test_failed_key_checks_are_limited_per_key_id_and_per_address(
 ) -> None:
     env = {
         "PERSONALIZE_AUTH_FAILURES_PER_KEY": "3",
+        "PERSONALIZE_AUTH_FAILURES_PER_KEY_ALL": "5",
         "PERSONALIZE_AUTH_FAILURES_PER_CLIENT": "5",
         "PERSONALIZE_AUTH_FAILURE_WINDOW": "60",
     }
@@ -198,15 +199,26 @@ def test_failed_key_checks_are_limited_per_key_id_and_per_address(
         valid = new_key(url)["Authorization"].removeprefix("Bearer ")
         key_id = split_key(valid)[0]  # type: ignore[index]
         wrong = f"pz_{key_id}_{secrets.token_urlsafe(32)}"
-        with client_from("127.0.0.1") as one, client_from("127.0.0.2") as two:
+        with (
+            client_from("127.0.0.1") as one,
+            client_from("127.0.0.2") as two,
+            client_from("127.0.0.5") as five,
+        ):
             assert model_card(one, server, valid).status_code == 200
             for _ in range(3):
                 assert model_card(one, server, wrong).status_code == 401
-            # the key id is locked, from any address, before any hash is computed
-            locked = model_card(two, server, wrong)
+            # the key id is locked from that address, before any hash is computed ...
+            locked = model_card(one, server, wrong)
             assert locked.status_code == 429 and 1 <= int(locked.headers["retry-after"]) <= 60
-            # ... except for the secret already verified: its owner is not locked out
-            assert model_card(two, server, valid).status_code == 200
+            # ... not from another, until the key id's bound over all addresses (5)
+            assert [model_card(two, server, wrong).status_code for _ in range(3)] == [
+                401,
+                401,
+                429,
+            ]
+            assert model_card(five, server, wrong).status_code == 429
+            # the secret already verified passes: its owner is not locked out
+            assert model_card(five, server, valid).status_code == 200
 
         unknown = [unknown_key() for _ in range(7)]
         with client_from("127.0.0.3") as three, client_from("127.0.0.4") as four:

@@ -290,8 +290,9 @@ def test_a_body_of_unknown_fields_gets_a_small_422(
 ) -> None:
     running, clinician, researcher = server
     patient = unknown_fields(1_800_000)
+    one = unknown_fields(60_000)  # one patient's route takes 64 KiB
     cases = [
-        ("/v1/recommendations", {"patient": patient}, clinician, len(patient)),
+        ("/v1/recommendations", {"patient": one}, clinician, len(one)),
         ("/v1/recommendations/batch", {"patients": [patient]}, researcher, len(patient)),
         (  # spread over patients: each patient's problems count too
             "/v1/recommendations/batch",
@@ -322,11 +323,20 @@ def test_a_body_of_unknown_fields_gets_a_small_422(
             assert more["type"] == "too_many_problems" and more["loc"] == ["body"]
             assert more["msg"] == f"{count - MAX_PROBLEMS} more problems not listed"
 
+        # the 1.8 MB patient on the one-patient route: refused before it is parsed
+        big = json.dumps({"patient": patient}).encode()
+        r = client.post(
+            "/v1/recommendations",
+            content=big,
+            headers={**clinician, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 413 and len(r.content) < 1000, r.text[:300]
+
         # unknown fields beside `patient`: one problem that counts them
-        body = {"patient": {}, **patient}
+        body = {"patient": {}, **one}
         (problem,) = post("/v1/recommendations", body, clinician).json()["detail"]
         assert problem["loc"] == ["body"] and problem["type"] == "value_error"
-        assert f"{len(patient)} unknown fields (the first: unknown_0000000," in problem["msg"]
+        assert f"{len(one)} unknown fields (the first: unknown_0000000," in problem["msg"]
 
         # a field name of 100,000 characters is not echoed back whole
         long_name = {"patient": {"n" * 100_000: 1}}

@@ -16,7 +16,8 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    """On the event loop: liveness must not wait behind work queued in the thread pool."""
     return {"status": "ok"}
 
 

@@ -36,13 +36,13 @@ def test_failures_wait_until_the_oldest_ages_out_of_the_window(database: Databas
     clock = Clock()
     ledger = FailureLedger(database, window=10.0, clock=clock)
     a, b = Subject("a", 3, "10.0.0.1"), Subject("b", 3, "10.0.0.1")
-    assert [ledger.add([a]) for _ in range(3)] == [[], [], [a]]
+    assert [ledger.add([a]) for _ in range(3)] == [([], 0), ([], 0), ([a], 0)]
     assert ledger.wait([a]) == pytest.approx(10.0) and ledger.wait([b]) == 0
     clock.now += 4
     assert ledger.wait([a, b]) == pytest.approx(6.0)
     clock.now += 6.5  # the three aged out
     assert ledger.wait([a]) == 0
-    assert ledger.add([a]) == []
+    assert ledger.add([a]) == ([], 0)
 
 
 def test_every_process_on_one_database_counts_the_same_failures(database: Database) -> None:
@@ -54,8 +54,12 @@ def test_every_process_on_one_database_counts_the_same_failures(database: Databa
     second.add([subject])
     first.add([subject])
     assert second.wait([subject]) == 0
-    assert second.add([subject]) == [subject]  # the fourth, wherever it was counted
+    assert second.add([subject]) == ([subject], 0)  # the fourth, wherever it was counted
     assert first.wait([subject]) > 0
+    # a failure that arrived with others, all having seen the count below the limit, is
+    # told it went past it
+    reached, seconds = first.add([subject])
+    assert reached == [] and seconds == pytest.approx(60.0)
     with database.engine.connect() as connection:
         stored = set(connection.execute(select(AuthFailure.subject)).scalars())
     assert stored == {subject.digest} and "abc" not in subject.digest  # digests only

@@ -174,12 +174,15 @@ async def _over_limit(database: Database, guard: KeyGuard, *subjects: Subject) -
         raise database_unavailable(database.availability) from None
 
 
-async def _count_failure(database: Database, guard: KeyGuard, *subjects: Subject) -> None:
+async def _refuse(database: Database, guard: KeyGuard, *subjects: Subject) -> HTTPException:
+    """Count a failed check; the answer to give: 401, or 429 when this failure went past a
+    limit (it arrived together with others that all saw the count below it)."""
     _available(database)
     try:
-        await guard.failed(*subjects)
+        wait = await guard.failed(*subjects)
     except SQLAlchemyError:
         raise database_unavailable(database.availability) from None
+    return _too_many(wait) if wait else _unauthorized("invalid or revoked API key")
 
 
 def _available(database: Database) -> None:
@@ -210,8 +213,7 @@ async def authenticate(
         at = guard.address(address)
         if wait := await _over_limit(database, guard, at):
             raise _too_many(wait)
-        await _count_failure(database, guard, at)
-        raise _unauthorized("invalid or revoked API key")
+        raise await _refuse(database, guard, at)
     key_id, secret = parts
     found = await _claim(database, credentials.credentials)
     if found is not None and found.remembered():
@@ -231,8 +233,7 @@ async def authenticate(
             headers={"Retry-After": "1"},
         ) from None
     if not valid or found is None:
-        await _count_failure(database, guard, *failing)
-        raise _unauthorized("invalid or revoked API key")
+        raise await _refuse(database, guard, *failing)
     return found.principal
 
 
@@ -332,8 +333,10 @@ async def _cds_caller(
         at = guard.client(address, claimed.iss) if claimed else guard.address(address)
         if wait := await _over_limit(database, guard, at):
             raise _too_many(wait) from None
-        await _count_failure(database, guard, at)
-        raise _unauthorized(f"CDS client JWT refused: {exc}") from None
+        refusal = await _refuse(database, guard, at)
+        if refusal.status_code == status.HTTP_401_UNAUTHORIZED:
+            refusal = _unauthorized(f"CDS client JWT refused: {exc}")
+        raise refusal from None
     except SQLAlchemyError:
         raise database_unavailable(database.availability) from None
     return CdsCaller(Principal(call.client.key_id, Role.clinician), call.client)

@@ -97,8 +97,10 @@ class FailureLedger:
                 seconds = max(seconds, oldest + self.window - now, 1e-3)
         return seconds
 
-    def add(self, subjects: Sequence[Subject]) -> list[Subject]:
-        """Count a failure against each subject; the subjects it brings to their limit."""
+    def add(self, subjects: Sequence[Subject]) -> tuple[list[Subject], float]:
+        """Count a failure against each subject: the subjects it brings to their limit, and
+        the seconds to wait when it went past one (failures that arrived together, each
+        having seen the count below the limit)."""
         now = self._clock()
         rows = [{"subject": s.digest, "at": now} for s in subjects]
         with self._lock:
@@ -116,7 +118,13 @@ class FailureLedger:
             self.database.availability.failed(exc)
             raise
         counts = self._counts(subjects, now)
-        return [s for s in subjects if counts.get(s.digest, (0, now))[0] == s.limit]
+        reached = [s for s in subjects if counts.get(s.digest, (0, now))[0] == s.limit]
+        seconds = 0.0
+        for subject in subjects:
+            count, oldest = counts.get(subject.digest, (0, now))
+            if count > subject.limit:
+                seconds = max(seconds, oldest + self.window - now, 1e-3)
+        return reached, seconds
 
     def _counts(self, subjects: Sequence[Subject], now: float) -> dict[str, tuple[int, float]]:
         try:
@@ -194,10 +202,11 @@ class KeyGuard:
         seconds = await anyio.to_thread.run_sync(self.ledger.wait, subjects)
         return math.ceil(seconds) if seconds > 0 else 0
 
-    async def failed(self, *subjects: Subject) -> None:
-        """Count a failed check against each subject. The log names the address of a
-        subject that reaches its limit, never a key id or a client."""
-        reached = await anyio.to_thread.run_sync(self.ledger.add, subjects)
+    async def failed(self, *subjects: Subject) -> int:
+        """Count a failed check against each subject; whole seconds to wait when this
+        failure went past a limit (answer 429, not 401), else 0. The log names the address
+        of a subject that reaches its limit, never a key id or a client."""
+        reached, seconds = await anyio.to_thread.run_sync(self.ledger.add, subjects)
         for subject in reached:
             log.warning(
                 "%d failed credential checks within %g s (%s, last from %s): its checks get "
@@ -207,6 +216,7 @@ class KeyGuard:
                 subject.name.split("\0", 1)[0],
                 subject.shown,
             )
+        return math.ceil(seconds) if seconds > 0 else 0
 
     @asynccontextmanager
     async def hashing(self) -> AsyncIterator[None]:

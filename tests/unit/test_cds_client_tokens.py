@@ -157,6 +157,10 @@ async def test_a_failing_key_server_is_not_asked_again_until_the_breaker_closes(
         ("clients: [{iss: a, jwks_url: 'https://x', fhir_server: []}]", "unknown field"),
         ("clients: [{iss: a, jwks_url: 'https://x', fhir_servers: ['x']}]", "fhir_servers"),
         (
+            "clients: [{iss: a, jwks_url: 'https://x', fhir_servers: ['https://e.org/f hir']}]",
+            r"fhir_servers\[0\]",
+        ),
+        (
             "clients: [{iss: a, jwks_url: 'https://x'}, {iss: a, jwks_url: 'https://y'}]",
             "registered twice",
         ),

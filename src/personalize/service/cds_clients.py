@@ -130,6 +130,11 @@ class TrustedClients:
                 isinstance(s, str) and s.startswith(("https://", "http://")) for s in servers
             ):
                 raise ValueError(f"{where}.fhir_servers: expected a list of http(s):// URLs")
+            for j, server in enumerate(servers):
+                try:
+                    fhir_urls.parse_base(server)
+                except fhir_urls.UnsafeUrl as exc:
+                    raise ValueError(f"{where}.fhir_servers[{j}]: {exc}") from None
             if iss in {c.iss for c in clients}:
                 raise ValueError(f"{where}.iss: {iss!r} is registered twice")
             clients.append(CdsClient(iss, jwks_url, tuple(servers)))

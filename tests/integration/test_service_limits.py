@@ -182,13 +182,15 @@ def test_an_oversized_header_is_refused_before_it_is_buffered(server: Server) ->
     assert big.status_code == 431 and big.headers["connection"] == "close"
     assert "PERSONALIZE_MAX_HEADER_BYTES" in big.json()["detail"]
     token = httpx.get(
-        f"{server.url}/v1/model", headers={"Authorization": "Bearer " + "a" * 8 * MB}, timeout=30
+        f"{server.url}/v1/model", headers={"Authorization": "Bearer " + "a" * 24 * MB}, timeout=30
     )
     assert token.status_code == 431
 
-    for pid in pids:  # the peak, not only what is left: nothing was buffered on the way
+    # the peak, not only what is left: none of the 50 MB header or the 24 MB token was
+    # buffered on the way (a worker's own allocations move it by a few MB)
+    for pid in pids:
         grew_mb = (memory_kb(pid, "VmHWM") - before[pid]) / 1024
-        assert grew_mb < 8, f"worker {pid}: peak {grew_mb:.1f} MB above its memory before"
+        assert grew_mb < 16, f"worker {pid}: peak {grew_mb:.1f} MB above its memory before"
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
     assert "431 to 127.0.0.1" in server.output()
 

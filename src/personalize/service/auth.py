@@ -83,11 +83,12 @@ def split_key(key: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
-class _VerifiedCache:
+class VerifiedSecrets:
     """Memo of the (deliberately slow) scrypt check: (key id, sha256 of the presented
     secret) -> the stored hash it matched. Pure memoization, never authorization: the key's
     row (role, revocation) is read from the database on every request, and a memo entry
-    only counts while it names the row's current hash."""
+    only counts while it names the row's current hash. Owned by the app that checks keys
+    (its key guard), bounded to `size` entries, least recently used dropped."""
 
     def __init__(self, size: int = 1024) -> None:
         self._size = size
@@ -107,9 +108,6 @@ class _VerifiedCache:
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-
-
-_verified = _VerifiedCache()
 
 
 # Core, not the ORM: this runs on every request, and the ORM session cost four times the read
@@ -133,19 +131,19 @@ class Claim:
     def memo(self) -> tuple[str, str]:
         return _memo(self.key_id, self.secret)
 
-    def remembered(self) -> bool:
+    def remembered(self, verified: VerifiedSecrets) -> bool:
         """The secret matched this row's hash before (no scrypt needed)."""
-        return _verified.get(self.memo) == self.hash
+        return verified.get(self.memo) == self.hash
 
-    def check(self) -> bool:
-        """The slow check (scrypt), remembered when it succeeds."""
+    def check(self, verified: VerifiedSecrets) -> bool:
+        """The slow check (scrypt), remembered in `verified` when it succeeds."""
         try:
             digest = _scrypt(self.secret, bytes.fromhex(self.salt), self.algorithm).hex()
         except ValueError:
             return False
         if not hmac.compare_digest(digest, self.hash):
             return False
-        _verified.put(self.memo, self.hash)
+        verified.put(self.memo, self.hash)
         return True
 
     @property

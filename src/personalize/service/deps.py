@@ -216,13 +216,17 @@ async def authenticate(
         raise await _refuse(database, guard, at)
     key_id, secret = parts
     found = await _claim(database, credentials.credentials)
-    if found is not None and found.remembered():
+    if found is not None and found.remembered(guard.verified):
         return found.principal
     failing = (guard.address(address), *guard.key(key_id, address))
     gates = failing[1:] if found is not None else failing
     if wait := await _over_limit(database, guard, *gates):
         raise _too_many(wait)
-    check = found.check if found is not None else functools.partial(decoy_check, secret)
+    check = (
+        functools.partial(found.check, guard.verified)
+        if found is not None
+        else functools.partial(decoy_check, secret)
+    )
     try:
         async with guard.hashing():
             valid = await anyio.to_thread.run_sync(check)  # scrypt: off the loop

@@ -38,6 +38,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from personalize.service.audit import AuthFailure, Database
+from personalize.service.auth import VerifiedSecrets
 
 if TYPE_CHECKING:
     from personalize.service.config import Settings
@@ -162,6 +163,7 @@ class KeyGuard:
         self.window = window
         self.hash_slots = hash_slots
         self.hash_wait = hash_wait
+        self.verified = VerifiedSecrets()  # secrets this process has checked
         self._slots: tuple[asyncio.AbstractEventLoop, anyio.Semaphore] | None = None
 
     @classmethod

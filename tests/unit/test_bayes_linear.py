@@ -108,3 +108,23 @@ def test_the_binary_arms_are_probabilities_and_the_drivers_add_up() -> None:
     parts = learner.contributions(X)
     np.testing.assert_allclose(parts.base0 + parts.phi0.sum(axis=1), mu0, atol=1e-10)
     np.testing.assert_allclose(parts.base1 + parts.phi1.sum(axis=1), mu1, atol=1e-10)
+
+
+def test_keeping_fewer_draws_keeps_exactly_those_draws() -> None:
+    """A mixture reading 100 of the 200 draws gets the same numbers whether the draws are
+    thinned after computing them all or kept at fit time, and the drivers then use the
+    posterior means of the kept draws."""
+    X, t, y, _ = trial("binary", 5)
+    full = BayesLinearLearner("binary", 5).fit(X, t, y, np.ones(len(y)))
+    kept = BayesLinearLearner("binary", 5).fit(X, t, y, np.ones(len(y))).keep_draws(100)
+    d0, d1 = full.arm_draws(X)
+    index = np.linspace(0, d0.shape[1] - 1, 100).round().astype(int)
+    k0, k1 = kept.arm_draws(X)
+    assert k0.shape == (len(X), 100)
+    np.testing.assert_array_equal(k0, d0[:, index])
+    np.testing.assert_array_equal(k1, d1[:, index])
+    np.testing.assert_allclose(kept.beta_.mean(axis=0), full.beta_[index].mean(axis=0))
+    drivers = kept.contributions(X)
+    mu0, mu1 = kept.predict_arms(X)
+    np.testing.assert_allclose(drivers.base1 + drivers.phi1.sum(axis=1), mu1, atol=1e-12)
+    np.testing.assert_allclose(drivers.base0 + drivers.phi0.sum(axis=1), mu0, atol=1e-12)

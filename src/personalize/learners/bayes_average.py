@@ -82,7 +82,11 @@ class BayesAverageLearner(PosteriorLearner):
         return type(self)(self.kind, seed, tuple(c.out_of_fold(seed) for c in self.components))
 
     def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Self:
-        self.fitted_ = tuple(c.clone().fit(X, treated, y, weight) for c in self.components)
+        fitted = [c.clone().fit(X, treated, y, weight) for c in self.components]
+        # the smooth model samples more draws than the mixture reads: keep those it reads
+        self.fitted_ = tuple(
+            c.keep_draws(DRAWS) if isinstance(c, BayesLinearLearner) else c for c in fitted
+        )
         return self
 
     def _component_draws(self, X: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:

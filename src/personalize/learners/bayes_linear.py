@@ -243,6 +243,19 @@ class BayesLinearLearner(PosteriorLearner):
             self.weights_.append((W, const))
         return self
 
+    def keep_draws(self, k: int) -> Self:
+        """Keep `k` of the posterior draws, evenly spaced (the indices `numpy.linspace`
+        rounds to): a mixture that reads k draws need not compute the others, and the
+        posterior means the drivers use are then those of the draws it reads."""
+        n = len(self.intercept_)
+        if k >= n:
+            return self
+        kept = np.linspace(0, n - 1, k).round().astype(int)
+        self.intercept_, self.gamma_ = self.intercept_[kept], self.gamma_[kept]
+        self.beta_, self.delta_ = self.beta_[kept], self.delta_[kept]
+        self.weights_ = [(np.ascontiguousarray(W[:, kept]), c[kept]) for W, c in self.weights_]
+        return self
+
     def _logged(self, X: pd.DataFrame) -> dict[str, Column]:
         """X's columns with the skewed covariates logged, once per input for the draws and
         the drivers (`shared`: one patient's answer asks for both)."""

@@ -239,10 +239,17 @@ class PersonalizeModel:
         others Phi(benefit / sd), the normal the interval is read from."""
         if self.learner.posterior:
             d0, d1 = self._posterior(X, draws)
-            diff = d1 - d0
             tail = (1 - self.rule.level) / 2
-            lower, upper = np.quantile(diff, [tail, 1 - tail], axis=1)
-            positive = (diff > 0).mean(axis=1) + 0.5 * (diff == 0).mean(axis=1)
+            lower, upper, positive = (np.empty(len(d0)) for _ in range(3))
+
+            def rows(start: int, stop: int) -> None:  # rows apart: the same numbers
+                diff = d1[start:stop] - d0[start:stop]
+                lower[start:stop], upper[start:stop] = np.quantile(
+                    diff, [tail, 1 - tail], axis=1
+                )
+                positive[start:stop] = (diff > 0).mean(axis=1) + 0.5 * (diff == 0).mean(axis=1)
+
+            fast_trees.in_parts(len(d0), rows)
             return np.minimum(lower, benefit), np.maximum(upper, benefit), positive
         bc = self.benefit_calibration
         with self._batch():

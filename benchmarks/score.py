@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from personalize import fast_trees, registry
-from personalize.batch import scoring
+from personalize.batch import checking, scoring
 from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
 from personalize.model import PersonalizeModel
@@ -84,7 +84,7 @@ def train(learners: list[str] | None, uri: str) -> scoring.ResolvedModel:
 
 
 def referral_list(model: PersonalizeModel, rows: int, path: Path, seed: int) -> None:
-    cols = scoring.required_columns(model.pipeline)
+    cols = checking.required_columns(model.pipeline)
     id_col = model.pipeline.cohort.id
     writer: pq.ParquetWriter | None = None
     done = 0

@@ -410,7 +410,7 @@ def score(
     import signal
 
     from personalize import registry
-    from personalize.batch import scoring
+    from personalize.batch import ScoringError, os_reason, paths, scoring
 
     if engine not in ("local", "spark"):
         fail(f"--engine: choose local or spark, not {engine!r}")
@@ -426,8 +426,8 @@ def score(
     signal.signal(signal.SIGTERM, terminate)
     try:
         if engine == "local":  # refused before the model is even loaded
-            scoring.check_paths(
-                input_path, out_path, rejects or scoring.default_rejects_path(out_path)
+            paths.check_paths(
+                input_path, out_path, rejects or paths.default_rejects_path(out_path)
             )
         resolved = scoring.resolve_model(model, tracking_uri)
         if engine == "spark":
@@ -455,11 +455,11 @@ def score(
                 threads=threads,
                 progress=err.is_terminal,
             )
-    except scoring.ScoringError as exc:
+    except ScoringError as exc:
         fail(str(exc), code=1)
     except OSError as exc:  # an OS failure outside the files' own handling: one line
         where = f"{exc.filename}: " if exc.filename else ""
-        fail(f"{where}{scoring.os_reason(exc)}", code=1)
+        fail(f"{where}{os_reason(exc)}", code=1)
     except KeyboardInterrupt:
         fail("interrupted: nothing written under the output names", code=130)
     s = summary

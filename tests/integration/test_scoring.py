@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personalize import fast_trees
-from personalize.batch import scoring
+from personalize.batch import ScoringError, checking, scoring
 from personalize.cli import app
 from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
@@ -51,7 +51,7 @@ def model(registered: scoring.ResolvedModel) -> PersonalizeModel:
 
 def referrals(model: PersonalizeModel, n: int, seed: int) -> pd.DataFrame:
     """A referral list: baseline covariates only (no arm, no outcomes)."""
-    return simulate("stamp", n, seed).cohort[scoring.required_columns(model.pipeline)]
+    return simulate("stamp", n, seed).cohort[checking.required_columns(model.pipeline)]
 
 
 def score(
@@ -196,12 +196,12 @@ def test_missing_columns_and_bad_files_fail_before_writing_anything(
 ) -> None:
     frame = referrals(registered.model, 20, 1).drop(columns=["odi"])
     write_table(frame, tmp_path / "in.csv")
-    with pytest.raises(scoring.ScoringError, match=r"missing required column\(s\) \['odi'\]"):
+    with pytest.raises(ScoringError, match=r"missing required column\(s\) \['odi'\]"):
         score(registered, tmp_path / "in.csv", tmp_path / "out.parquet")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    with pytest.raises(scoring.ScoringError, match="cannot read"):
+    with pytest.raises(ScoringError, match="cannot read"):
         score(registered, tmp_path / "broken.parquet", tmp_path / "out.parquet")
-    with pytest.raises(scoring.ScoringError, match="unsupported extension"):
+    with pytest.raises(ScoringError, match="unsupported extension"):
         score(registered, tmp_path / "in.csv", tmp_path / "out.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.parquet", "in.csv"]
 
@@ -444,7 +444,7 @@ def test_prognosis_is_batch_invariant_and_equals_scikit_learn() -> None:
 
 
 def test_seen_ids_flag_repeats_across_chunks() -> None:
-    seen = scoring.SeenIds()
+    seen = checking.SeenIds()
     first = seen.repeated(np.array(["a", "b", "a", "c"], dtype=object))
     assert first.tolist() == [False, False, True, False]
     for i in range(20):  # many runs: merged as they grow

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from personalize.batch import scoring
+from personalize.batch import ScoringError, checking, output, scoring
 from personalize.cli import app
 from personalize.data.simulate import simulate
 from personalize.data.table import write_table
@@ -34,7 +34,7 @@ def registered(trained_registry: TrainedRegistry) -> scoring.ResolvedModel:
 
 
 def referrals(model: PersonalizeModel, n: int, seed: int) -> pd.DataFrame:
-    return simulate("stamp", n, seed).cohort[scoring.required_columns(model.pipeline)]
+    return simulate("stamp", n, seed).cohort[checking.required_columns(model.pipeline)]
 
 
 def model_args(registered: scoring.ResolvedModel, trained_registry: TrainedRegistry) -> list[str]:
@@ -157,10 +157,10 @@ def test_the_library_refuses_a_hard_link_a_fifo_and_a_directory(
             model_version=registered.version,
         )
 
-    with pytest.raises(scoring.ScoringError, match="same file"):
+    with pytest.raises(ScoringError, match="same file"):
         score("o.csv", "again.csv")
     for target in ("pipe.csv", "dir.csv"):
-        with pytest.raises(scoring.ScoringError, match="not a regular file"):
+        with pytest.raises(ScoringError, match="not a regular file"):
             score(target)
     assert snapshot(tmp_path) == before
     assert (tmp_path / "pipe.csv").is_fifo() and (tmp_path / "dir.csv").is_dir()
@@ -181,7 +181,7 @@ def test_neutralise_formulas_quotes_text_that_a_spreadsheet_would_run() -> None:
 
     cells = [*FORMULAS, "\t=1+1", "\r=1+1", "\uff1dSUM(1)", "-1.5", "+3e2", "P-1", "", None]
     table = pa.table({"text": cells, "number": [-1.0] * len(cells)})
-    out = scoring.neutralise_formulas(table).to_pydict()
+    out = output.neutralise_formulas(table).to_pydict()
     assert out["text"] == [
         *("'" + f for f in FORMULAS),
         "'\t=1+1",
@@ -284,7 +284,7 @@ def _bad_lines(path: Path, header: list[str], n: int) -> None:
 def test_memory_stays_bounded_with_a_file_of_malformed_lines(
     registered: scoring.ResolvedModel, trained_registry: TrainedRegistry, tmp_path: Path
 ) -> None:
-    header = scoring.required_columns(registered.model.pipeline)
+    header = checking.required_columns(registered.model.pipeline)
     peaks = {}
     for n in (2_000, 300_000):  # 0.2 MB, then 37 MB of bad lines
         src = tmp_path / f"bad{n}.csv"

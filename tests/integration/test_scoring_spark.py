@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from personalize.batch import scoring
+from personalize.batch import ScoringError, checking, scoring
 from personalize.data.simulate import simulate
 from personalize.data.table import write_table
 from support.registry import TrainedRegistry
@@ -41,7 +41,7 @@ def test_spark_and_local_engines_give_identical_outputs(
     from personalize.batch import spark_scoring
 
     model = registered.model
-    frame = simulate("stamp", 4000, 14).cohort[scoring.required_columns(model.pipeline)]
+    frame = simulate("stamp", 4000, 14).cohort[checking.required_columns(model.pipeline)]
     frame["age"] = frame["age"].astype(float)
     frame.loc[::9, "mme"] = np.nan
     frame.loc[10, "age"] = 5.0
@@ -79,9 +79,9 @@ def test_spark_engine_refuses_missing_columns(
 ) -> None:
     from personalize.batch import spark_scoring
 
-    frame = simulate("stamp", 50, 1).cohort[scoring.required_columns(registered.model.pipeline)]
+    frame = simulate("stamp", 50, 1).cohort[checking.required_columns(registered.model.pipeline)]
     write_table(frame.drop(columns=["sex"]), tmp_path / "in.parquet")
-    with pytest.raises(scoring.ScoringError, match="missing required column"):
+    with pytest.raises(ScoringError, match="missing required column"):
         spark_scoring.score_spark(
             registered, tmp_path / "in.parquet", tmp_path / "o.parquet", spark=spark
         )

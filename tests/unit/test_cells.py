@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personalize.batch.scoring import check_chunk, required_columns
+from personalize.batch.checking import check_chunk, required_columns
 from personalize.config import Pipeline
 from personalize.data.cells import NO_PREFERENCE, read_cells
 from personalize.data.table import MISSING_MARKERS, read_table

@@ -31,19 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from personalize.batch.scoring import (
-    REJECT_FIELDS,
-    ResolvedModel,
-    ScoreSummary,
-    ScoringError,
-    check_paths,
-    default_rejects_path,
-    output_schema,
-    peak_rss_mib,
-    rejects_schema,
-    required_columns,
-    score_frame,
-)
+from personalize.batch import ScoringError
+from personalize.batch.checking import REJECT_FIELDS, required_columns
+from personalize.batch.output import output_schema, rejects_schema, score_frame
+from personalize.batch.paths import check_paths, default_rejects_path
+from personalize.batch.scoring import ResolvedModel, ScoreSummary, peak_rss_mib
 from personalize.data.cells import read_text, text_values
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@
 
 On the recovery study's null cohorts (the same seeds, `personalize.study.run.study_seeds`),
 each learner is cross-fitted exactly as training does (the same folds and outcome model),
-and the BLP differential test (`stats.evidence.blp_test`) is run on its out-of-fold benefit
+and the BLP differential test (`stats.blp.blp_test`) is run on its out-of-fold benefit
 without any adjustment for a choice among learners: grf's HC3 test, and the test training
 runs (its standard error widened for the cross-fitting). Beside it, grf's test on
 `--permutations` random permutations of that benefit across patients: a predictor unrelated
@@ -31,7 +31,7 @@ from personalize.config import load_pipeline
 from personalize.data.simulate import simulate
 from personalize.data.validate import Cohort, prepare
 from personalize.learners import make_learner, outcome_learner
-from personalize.stats.evidence import BLPResult, blp_test
+from personalize.stats.blp import BLPResult, blp_test
 from personalize.stats.missingness import ipcw_weights
 from personalize.study.run import study_seeds
 from personalize.training import cross_fit, strata

@@ -19,6 +19,7 @@ from personalize.config import Pipeline
 from personalize.data.validate import Cohort, prepare
 from personalize.learners import EffectLearner, learner_class, make_learner, outcome_learner
 from personalize.model import ModelInfo, PersonalizeModel, TrainingRange
+from personalize.stats.blp import BLPResult, blp_test, cauchy_combination
 from personalize.stats.calibration import (
     ArmCalibration,
     ArmCalibrator,
@@ -28,21 +29,13 @@ from personalize.stats.calibration import (
 )
 from personalize.stats.checks import ModelChecks, benefit_slope_check, comparator_check
 from personalize.stats.decision import DecisionRule
-from personalize.stats.evidence import (
-    BLPResult,
-    GroupCalibration,
-    PolicyValueResult,
-    RATEResult,
-    benefit_calibration_by_group,
-    blp_test,
-    cauchy_combination,
-    dr_scores,
-    policy_value,
-    r_loss,
-    rate,
-)
+from personalize.stats.dr_scores import dr_scores
+from personalize.stats.group_calibration import GroupCalibration, benefit_calibration_by_group
 from personalize.stats.missingness import IPCW, ipcw_weights
+from personalize.stats.policy import PolicyValueResult, policy_value
 from personalize.stats.prognosis import Prognosis, split_arms
+from personalize.stats.r_loss import r_loss
+from personalize.stats.rate import RATEResult, rate
 
 Step = Callable[[str], None]
 

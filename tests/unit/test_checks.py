@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from personalize import training
+from personalize.stats.blp import Coefficient
 from personalize.stats.checks import (
     BENEFIT_SLOPE,
     COMPARATOR,
     benefit_slope_check,
     comparator_check,
 )
-from personalize.stats.evidence import Coefficient
 from support.trials import toy_pipeline, toy_trial
 
 

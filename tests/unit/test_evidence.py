@@ -1,4 +1,5 @@
-"""Tests for personalize.stats.evidence against simulated trials whose truth is known."""
+"""The evidence functions of personalize.stats (doubly-robust scores, BLP, RATE, calibration
+by group, policy value, R-loss) against simulated trials whose truth is known."""
 
 from __future__ import annotations
 
@@ -9,15 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from personalize.stats.evidence import (
-    benefit_calibration_by_group,
-    blp_test,
-    cauchy_combination,
-    dr_scores,
-    policy_value,
-    r_loss,
-    rate,
-)
+from personalize.stats.blp import blp_test, cauchy_combination
+from personalize.stats.dr_scores import dr_scores
+from personalize.stats.group_calibration import benefit_calibration_by_group
+from personalize.stats.policy import policy_value
+from personalize.stats.r_loss import r_loss
+from personalize.stats.rate import rate
 
 E = 0.5  # 1:1 allocation
 

@@ -107,6 +107,25 @@ def probit_contributions(
     )
 
 
+def doubly_robust(
+    y: np.ndarray,
+    treated: np.ndarray,
+    e: np.ndarray | float,
+    mu0: np.ndarray,
+    mu1: np.ndarray,
+    weight: np.ndarray | float = 1.0,
+) -> np.ndarray:
+    """The AIPW pseudo-outcome of each patient's benefit (one formula for the DR-learner
+    and the evidence; `personalize.stats.dr_scores` checks its inputs):
+    ``mu1 - mu0 + weight * (t (y - mu1) / e - (1 - t) (y - mu0) / (1 - e))``, where an
+    unobserved outcome (weight 0) keeps only ``mu1 - mu0`` and its NaN never enters."""
+    observed = np.asarray(weight) > 0.0
+    res1 = np.where(observed, y - mu1, 0.0)
+    res0 = np.where(observed, y - mu0, 0.0)
+    correction = treated * res1 / e - (1.0 - treated) * res0 / (1.0 - e)
+    return np.asarray(mu1 - mu0 + weight * correction, dtype=np.float64)
+
+
 class EffectLearner(ABC):
     """Configuration in __init__, learning in fit, learned state in trailing underscores."""
 

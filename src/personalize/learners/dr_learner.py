@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from personalize.learners.base import doubly_robust
 from personalize.learners.boosting import booster, booster_value
 from personalize.learners.pseudo_outcome import EffectRegressionLearner
 
@@ -34,8 +35,7 @@ class DRLearner(EffectRegressionLearner):
                     X.iloc[rows], y[rows], sample_weight=weight[rows]
                 )
                 mu[test, arm] = booster_value(model, X.iloc[test], classify)
-        residual = np.where(treated == 1, (y - mu[:, 1]) / e, -(y - mu[:, 0]) / (1 - e))
-        pseudo = mu[:, 1] - mu[:, 0] + residual
+        pseudo = doubly_robust(y, treated, e, mu[:, 0], mu[:, 1])
         c = treated == 0
         self.control_model_ = booster(classify, self.seed).fit(X[c], y[c], sample_weight=weight[c])
         tau = booster(False, self.seed + 2).fit(X, pseudo, sample_weight=weight)

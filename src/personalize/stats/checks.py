@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from personalize.stats.evidence import Coefficient
+from personalize.stats.blp import Coefficient
 
 SLOPE_LEVEL = 0.90  # the benefit slope's interval
 COMPARATOR_Z = float(stats.norm.ppf(0.95))  # one-sided 5%: 1.64 standard errors

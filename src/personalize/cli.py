@@ -426,9 +426,7 @@ def score(
     signal.signal(signal.SIGTERM, terminate)
     try:
         if engine == "local":  # refused before the model is even loaded
-            paths.check_paths(
-                input_path, out_path, rejects or paths.default_rejects_path(out_path)
-            )
+            paths.check_paths(input_path, out_path, rejects or paths.default_rejects_path(out_path))
         resolved = scoring.resolve_model(model, tracking_uri)
         if engine == "spark":
             from personalize.batch import spark_scoring

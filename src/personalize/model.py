@@ -244,9 +244,7 @@ class PersonalizeModel:
 
             def rows(start: int, stop: int) -> None:  # rows apart: the same numbers
                 diff = d1[start:stop] - d0[start:stop]
-                lower[start:stop], upper[start:stop] = np.quantile(
-                    diff, [tail, 1 - tail], axis=1
-                )
+                lower[start:stop], upper[start:stop] = np.quantile(diff, [tail, 1 - tail], axis=1)
                 positive[start:stop] = (diff > 0).mean(axis=1) + 0.5 * (diff == 0).mean(axis=1)
 
             fast_trees.in_parts(len(d0), rows)

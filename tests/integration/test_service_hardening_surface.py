@@ -27,8 +27,9 @@ from personalize.service.app import create_app
 from personalize.service.audit import Database
 from personalize.service.auth import create_key
 from personalize.service.fhir import UNUSABLE, broken, daily_dose, number, read_resource
+from personalize.service.problems import MAX_PROBLEMS
 from personalize.service.routes.docs import DOCS_UI_DIR
-from personalize.service.schemas import MAX_PROBLEMS, PATIENT_REF_MAX
+from personalize.service.schemas import PATIENT_REF_MAX
 from support.registry import STAMP_MODEL, TrainedRegistry
 from support.servers import Server, serve
 from support.service import STAMP_PATIENT, key, settings

@@ -26,14 +26,16 @@ from personalize.service import fhir_fetch, metrics, routes
 from personalize.service.audit import Database
 from personalize.service.cds_clients import TrustedClients
 from personalize.service.config import Settings, SettingsError
+from personalize.service.contract import PatientInvalid
 from personalize.service.fhir import FhirMapping
 from personalize.service.headers import SecurityHeadersMiddleware
 from personalize.service.holder import RELOAD, ModelHolder
 from personalize.service.key_sets import KeyPolicy
+from personalize.service.openapi import patch_openapi
+from personalize.service.problems import bounded, request_problems
 from personalize.service.pseudonyms import pseudonym_key
 from personalize.service.recommend import scoring_thread
 from personalize.service.routes import docs, page
-from personalize.service.schemas import PatientInvalid, bounded, patch_openapi, request_problems
 
 DESCRIPTION = """\
 Per-patient, calibrated and explained recommendations between the two arms of a

@@ -33,7 +33,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from personalize.service.config import SettingsError
-from personalize.service.schemas import Contract, PatientInvalid
+from personalize.service.contract import Contract, PatientInvalid
 
 UNUSABLE_STATUS = {"entered-in-error", "cancelled"}
 UNUSABLE_NUMBER = "not a finite number a float can hold"

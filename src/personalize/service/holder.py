@@ -33,12 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from personalize import registry
 from personalize.registry import ModelRef, RegistryError
 from personalize.service.config import Settings
-from personalize.service.schemas import (
-    SYNTHETIC_NOTICE,
-    Contract,
-    ModelBlock,
-    TrainedOn,
-)
+from personalize.service.contract import Contract
+from personalize.service.schemas import SYNTHETIC_NOTICE, ModelBlock, TrainedOn
 
 if TYPE_CHECKING:
     from personalize.model import PersonalizeModel

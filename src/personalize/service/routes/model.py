@@ -20,13 +20,7 @@ from personalize.service.deps import (
     HolderDep,
 )
 from personalize.service.holder import RELOAD, ModelUnusable
-from personalize.service.schemas import (
-    ModelInfo,
-    Problem,
-    ReloadResult,
-    SchemaInfo,
-    outcome_info,
-)
+from personalize.service.schemas import ModelInfo, Problem, ReloadResult, SchemaInfo, outcome_info
 
 log = logging.getLogger("personalize.service")
 

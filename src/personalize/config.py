@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from personalize.learners import default_learner_names, learner_names
-
 NO_PREFERENCE = "none"  # the preference column's value for a stated preference for neither arm
 
 
@@ -235,16 +233,21 @@ class Pipeline(Strict):
         unknown = [k for k in self.subgroups if k not in self.features]
         if unknown:
             raise ValueError(f"subgroups {unknown} are not declared features")
-        known = learner_names()
-        unknown = [k for k in self.training.learners or [] if k not in known]
-        if unknown:
-            raise ValueError(f"training.learners: unknown {unknown}; choose from {known}")
+        if self.training.learners:  # the learners load their libraries: only when named
+            from personalize.learners import learner_names
+
+            known = learner_names()
+            unknown = [k for k in self.training.learners if k not in known]
+            if unknown:
+                raise ValueError(f"training.learners: unknown {unknown}; choose from {known}")
         return self
 
     @property
     def learners(self) -> list[str]:
         """The candidate learners: `training.learners`, or the defaults for the outcome's
         kind when the file names none."""
+        from personalize.learners import default_learner_names  # loads LightGBM: on use
+
         return list(self.training.learners or default_learner_names(self.outcome.kind))
 
     @property

@@ -4,11 +4,15 @@ way, the library never imports the HTTP layer, and the core knows no tracking.""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import personalize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PACKAGE = Path(personalize.__file__).parent
 
@@ -76,3 +80,18 @@ def test_the_core_knows_no_tracking_and_no_http() -> None:
 def test_there_is_no_top_level_service_package() -> None:
     with pytest.raises(ModuleNotFoundError):
         __import__("service")
+
+
+def test_reading_a_pipeline_file_loads_no_learner_library() -> None:
+    """`personalize validate`, the service's settings and the scorer read pipeline files;
+    the learners' libraries (LightGBM, numba, stochtree) load only when a learner is used."""
+    probe = (
+        "import sys\n"
+        "from personalize.config import load_pipeline\n"
+        "load_pipeline('pipelines/stamp.yaml')\n"
+        "print(sorted(m for m in ('lightgbm', 'numba', 'stochtree') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -13,7 +13,6 @@ import inspect
 import pkgutil
 
 from personalize.learners.base import ARM_DRIVER, ArmContributions, EffectLearner, Kind
-from personalize.learners.t_learner import TLearner
 
 
 @functools.cache
@@ -54,6 +53,8 @@ def make_learner(name: str, kind: Kind, seed: int) -> EffectLearner:
 def outcome_learner(kind: Kind, seed: int) -> EffectLearner:
     """The per-arm outcome model behind the doubly-robust scores (nuisance, not a candidate
     choice): flexible, and unbiased for each arm's mean."""
+    from personalize.learners.t_learner import TLearner  # LightGBM: only when needed
+
     return TLearner(kind=kind, seed=seed)
 
 

@@ -27,11 +27,11 @@ from personalize.service.audit import (
     Database,
     ServiceSecret,
 )
-from personalize.service.auth import create_key, revoke_key, split_key
+from personalize.service.auth import revoke_key, split_key
 from personalize.service.config import Settings, SettingsError
 from support.postgres import PG, PostgresDatabase
 from support.registry import TrainedRegistry
-from support.servers import Server, cli, serve
+from support.servers import Server, cli, client_from, new_key, serve
 from support.service import STAMP_PATIENT
 
 pytestmark = pytest.mark.slow
@@ -39,17 +39,6 @@ pytestmark = pytest.mark.slow
 SECRET = "a-pseudonym-key-of-more-than-32-bytes-for-tests"
 OUTAGE_LINE = "audit database unavailable"
 RECOVERY_LINE = "audit database answers again"
-
-
-def new_key(url: str, role: str = "clinician") -> dict[str, str]:
-    """Headers with a new key stored in the audit database at `url`."""
-    db = Database(url)
-    try:
-        db.create_schema()
-        _, full = create_key(db, role)
-    finally:
-        db.dispose()
-    return {"Authorization": f"Bearer {full}"}
 
 
 def recommend(server: Server, headers: dict[str, str], ref: str = "MRN-4711") -> httpx.Response:
@@ -170,11 +159,6 @@ def test_a_failed_audit_write_is_503_and_no_answer_goes_without_its_row(
 
 
 # --------------------------------------------------------------------------- failed key checks
-
-
-def client_from(address: str) -> httpx.Client:
-    """A client whose connections come from `address` (any 127.x address is loopback)."""
-    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
 
 
 def model_card(client: httpx.Client, server: Server, key: str) -> httpx.Response:

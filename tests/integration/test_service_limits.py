@@ -20,10 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from personalize.service.audit import Database
-from personalize.service.auth import create_key
 from support.registry import TrainedRegistry
-from support.servers import Server, serve
+from support.servers import Server, client_from, new_key, serve
 from support.service import STAMP_PATIENT
 
 pytestmark = pytest.mark.slow
@@ -138,21 +136,6 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def new_key(server: Server, role: str) -> dict[str, str]:
-    db = Database(server.env["PERSONALIZE_DATABASE_URL"])
-    try:
-        db.create_schema()
-        _, full = create_key(db, role)
-    finally:
-        db.dispose()
-    return {"Authorization": f"Bearer {full}"}
-
-
-def client_from(address: str) -> httpx.Client:
-    """A client whose connections come from `address` (any 127.x address is loopback)."""
-    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
-
-
 def failed_check(client: httpx.Client, server: Server, forwarded: str) -> int:
     """A key check with an unknown key id (it fails), claiming to be from `forwarded`."""
     key = f"pz_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
@@ -241,7 +224,8 @@ def test_healthz_answers_promptly_while_huge_headers_stream_in(server: Server) -
 
 
 def test_bodies_are_limited_per_route(server: Server) -> None:
-    clinician, researcher = new_key(server, "clinician"), new_key(server, "researcher")
+    url = server.env["PERSONALIZE_DATABASE_URL"]
+    clinician, researcher = new_key(url, "clinician"), new_key(url, "researcher")
     single = f"{server.url}/v1/recommendations"
     ok = httpx.post(single, json={"patient": STAMP_PATIENT}, headers=clinician, timeout=30)
     assert ok.status_code == 200, ok.text

@@ -123,3 +123,25 @@ def serve(
         yield server
     finally:
         stop(process)
+
+
+def new_key(url: str, role: str = "clinician") -> dict[str, str]:
+    """Headers with a new key stored in the audit database at `url`."""
+    from personalize.service.audit import Database
+    from personalize.service.auth import create_key
+
+    db = Database(url)
+    try:
+        db.create_schema()
+        _, full = create_key(db, role)
+    finally:
+        db.dispose()
+    return {"Authorization": f"Bearer {full}"}
+
+
+def client_from(address: str) -> Any:
+    """An httpx client whose connections come from `address` (any 127.x address is
+    loopback): a caller at its own address, for the per-address limits."""
+    import httpx
+
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)

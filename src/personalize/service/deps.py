@@ -174,15 +174,20 @@ async def _over_limit(database: Database, guard: KeyGuard, *subjects: Subject) -
         raise database_unavailable(database.availability) from None
 
 
-async def _refuse(database: Database, guard: KeyGuard, *subjects: Subject) -> HTTPException:
-    """Count a failed check; the answer to give: 401, or 429 when this failure went past a
+async def _refuse(
+    database: Database,
+    guard: KeyGuard,
+    *subjects: Subject,
+    reason: str = "invalid or revoked API key",
+) -> HTTPException:
+    """Count a failed check; the answer to give: 401 with `reason`, or 429 when it went past a
     limit (it arrived together with others that all saw the count below it)."""
     _available(database)
     try:
         wait = await guard.failed(*subjects)
     except SQLAlchemyError:
         raise database_unavailable(database.availability) from None
-    return _too_many(wait) if wait else _unauthorized("invalid or revoked API key")
+    return _too_many(wait) if wait else _unauthorized(reason)
 
 
 def _available(database: Database) -> None:
@@ -337,10 +342,7 @@ async def _cds_caller(
         at = guard.client(address, claimed.iss) if claimed else guard.address(address)
         if wait := await _over_limit(database, guard, at):
             raise _too_many(wait) from None
-        refusal = await _refuse(database, guard, at)
-        if refusal.status_code == status.HTTP_401_UNAUTHORIZED:
-            refusal = _unauthorized(f"CDS client JWT refused: {exc}")
-        raise refusal from None
+        raise await _refuse(database, guard, at, reason=f"CDS client JWT refused: {exc}") from None
     except SQLAlchemyError:
         raise database_unavailable(database.availability) from None
     return CdsCaller(Principal(call.client.key_id, Role.clinician), call.client)
